@@ -21,9 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import register_notrace_module
 
-# Positional probabilities below this are flushed to zero: their contribution is far below float
-# rounding, and as denormal floats they slow matrix multiplies on some CPUs many times over.
-_FLUSH_BELOW = 1e-30
 
 
 def relative_offsets(grid_size: Tuple[int, int], device: torch.device) -> torch.Tensor:
@@ -47,7 +44,8 @@ def _axis_offsets(length: int, device: torch.device) -> torch.Tensor:
 
 
 def _flush_tiny(probs: torch.Tensor) -> torch.Tensor:
-    return probs.masked_fill(probs < _FLUSH_BELOW, 0.0)
+    """Zero probabilities below 1e-30: far below rounding, and as denormal floats they slow some CPUs' matmuls."""
+    return probs.masked_fill(probs < 1e-30, 0.0)
 
 
 @register_notrace_module  # shape checks and the fast/reference switch are Python control flow

@@ -219,17 +219,19 @@ class ConViT(nn.Module):
             x = x + resample_pos_embed(self.pos_embed, grid_size, self.trained_grid)
         return self.pos_drop(x), grid_size
 
-    def _run_block(self, index: int, block: nn.Module, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+    def _join_class_token(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if index == self.local_up_to_layer and self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(block, x, grid_size, use_reentrant=False)
-        return block(x, grid_size)
+        return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, grid_size = self._embed(x)
         for i, block in enumerate(self.blocks):
-            x = self._run_block(i, block, x, grid_size)
+            x = self._join_class_token(i, x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, grid_size, use_reentrant=False)
+            else:
+                x = block(x, grid_size)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -261,7 +263,7 @@ class ConViT(nn.Module):
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
         intermediates = []
         for i, block in enumerate(blocks):
-            x = self._run_block(i, block, x, grid_size)
+            x = block(self._join_class_token(i, x), grid_size)
             if i in take_indices:
                 y = self.norm(x) if norm else x
                 intermediates.append(y[:, 1:] if i >= self.local_up_to_layer else y)
