@@ -163,20 +163,22 @@ class GPSA(nn.Module):
         B, N, C = x.shape
         rows, cols = grid_size
         H, d = self.num_heads, self.head_dim
-        q, k = self.qk(x).reshape(B, N, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
-        v = self.v(x).reshape(B, N, H, d).transpose(1, 2)
-        content = F.scaled_dot_product_attention(q, k, v)
+        # one GEMM for q, k and v (timm's parameter layout keeps qk and v apart)
+        weight = torch.cat((self.qk.weight, self.v.weight))
+        bias = None
+        if self.qk.bias is not None and self.v.bias is not None:
+            bias = torch.cat((self.qk.bias, self.v.bias))
+        q, k, v = F.linear(x, weight, bias).view(B, N, 3, H, d).unbind(2)  # each B x N x H x d
+        content = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
+        gate = self.gate()
         p_rows, p_cols = self._separable_positional(grid_size)
-        p_rows, p_cols = p_rows.to(v.dtype), p_cols.to(v.dtype)
-        # positional_h @ v_h with positional_h = p_rows_h (x) p_cols_h, on the (rows, cols) grid of v
-        pos = v.reshape(B, H, rows, cols, d)
-        pos = torch.einsum('hcj,bhrjd->bhrcd', p_cols, pos)
-        pos = torch.einsum('hri,bhicd->bhrcd', p_rows, pos).reshape(B, H, N, d)
-
-        gate = self.gate().to(v.dtype).view(1, H, 1, 1)
-        out = content + gate * (pos - content)
-        return out.transpose(1, 2).reshape(B, N, C)
+        p_cols = (p_cols * gate.view(H, 1, 1)).to(v.dtype)  # folds the gate into the positional term
+        # (gate_h * positional_h) @ v_h, positional_h = p_rows_h (x) p_cols_h, on v's (rows, cols) grid
+        pos = torch.einsum('hcj,brjhd->brchd', p_cols, v.reshape(B, rows, cols, H, d))
+        pos = torch.einsum('hri,bichd->brchd', p_rows.to(v.dtype), pos).reshape(B, N, H, d)
+        out = torch.addcmul(pos, content.transpose(1, 2), (1. - gate).to(v.dtype).view(1, 1, H, 1))
+        return out.reshape(B, N, C)
 
 
 @register_notrace_module
