@@ -151,3 +151,20 @@ def test_bad_constructor_arguments_are_clear_errors():
         ConViT(embed_dim=48, num_heads=5)
     with pytest.raises(ValueError, match='local_up_to_layer=13 must lie between 0 and depth=12'):
         ConViT(local_up_to_layer=13, depth=12)
+
+
+def test_fast_path_equals_reference_path_under_bf16_autocast():
+    fast = perturb(small_convit(heads=9))
+    reference = small_convit(heads=9, fused_attn=False)
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 48, 48)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out_f, out_r = fast(x), reference(x)
+    out_f.float().sum().backward()
+    out_r.float().sum().backward()
+    torch.testing.assert_close(out_f.float(), out_r.float(), rtol=5e-2, atol=5e-2)
+    for (name, a), (_, b) in zip(fast.named_parameters(), reference.named_parameters()):
+        if a.grad is None or name.endswith('pos_proj.bias'):
+            continue
+        scale = b.grad.abs().max().clamp_min(1e-6)
+        assert ((a.grad - b.grad).abs().max() / scale).item() < 5e-2, name

@@ -117,6 +117,7 @@ def test_timm_contract_default_cfg_non_std():
     assert model(x).shape == (1, model.num_features)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_timm_contract_torchscript():
     with timm.set_scriptable(True):
         model = timm.create_model('convit_tiny').eval()
