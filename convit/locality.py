@@ -427,7 +427,10 @@ def load_model(name: Optional[str] = None, checkpoint: Optional[str] = None) -> 
     if not isinstance(model, ConViT):
         raise ValueError(f"{name} is a {type(model).__name__}, not a ConViT")
     if state is not None:
-        model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
+        try:
+            model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
+        except RuntimeError as error:  # shape mismatches
+            raise ValueError(f"checkpoint does not fit {name}: {' '.join(str(error).split())[:300]}") from None
     return model
 
 
