@@ -45,6 +45,15 @@ def _analysis_mode(model: nn.Module) -> Iterator[None]:
             module.training = mode
 
 
+def _unwrap(model: nn.Module) -> ConViT:
+    """The ConViT inside a DistributedDataParallel / DataParallel wrapper or a torch.compile module."""
+    model = getattr(model, '_orig_mod', model)
+    model = getattr(model, 'module', model)
+    if not isinstance(model, ConViT):
+        raise TypeError(f"expected a ConViT, got {type(model).__name__}")
+    return model
+
+
 def _model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
     param = next(model.parameters())
     return param.device, param.dtype
@@ -64,6 +73,7 @@ def _attention_maps(model: ConViT, images: torch.Tensor, batch_size: int = 32,
     """Image-averaged patch-only attention maps (H x N x N per block, float32 on CPU) and the patch grid."""
     if images.dim() != 4 or images.shape[0] == 0:
         raise ValueError(f"images must be a non-empty batch shaped (B, C, H, W), got shape {list(images.shape)}")
+    model = _unwrap(model)
     device, dtype = _model_device_dtype(model)
     sums: Dict[int, torch.Tensor] = {}
     grid: List[Tuple[int, int]] = []
@@ -128,6 +138,7 @@ def nonlocality(model: ConViT, images: torch.Tensor, batch_size: int = 32, progr
 
 def gates(model: ConViT) -> torch.Tensor:
     """sigmoid(lambda) of every GPSA head, shape GPSA-blocks x heads (float32, CPU)."""
+    model = _unwrap(model)
     values = [block.attn.gate().detach().float().cpu() for block in model.blocks if isinstance(block.attn, GPSA)]
     return torch.stack(values) if values else torch.zeros(0, model.num_heads)
 
@@ -158,7 +169,7 @@ def _report(model: ConViT, maps: Sequence[torch.Tensor], grid_size: Tuple[int, i
 def locality_report(model: ConViT, images: torch.Tensor, batch_size: int = 32, progress: bool = False) -> Dict:
     """A JSON-serialisable dict: non-locality (blocks x heads), gates (GPSA-blocks x heads), and both per block."""
     maps, grid_size = _attention_maps(model, images, batch_size, progress)
-    return _report(model, maps, grid_size, images.shape[0])
+    return _report(_unwrap(model), maps, grid_size, images.shape[0])
 
 
 def epoch_locality(model: ConViT, images: torch.Tensor, batch_size: int = 32) -> Dict[str, List[List[float]]]:
@@ -190,6 +201,7 @@ def head_ablation(model: ConViT, images: torch.Tensor, labels: torch.Tensor, bat
 
     Drops are in accuracy units (0.05 = five points); negative when removing a head helps.
     """
+    model = _unwrap(model)
     device, dtype = _model_device_dtype(model)
     labels = labels.to(device)
 

@@ -255,3 +255,13 @@ def test_plain_state_dict_of_another_shape_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit) as error:
         L.main(['--model', 'convit_tiny', '--checkpoint', str(tmp_path / 'plain.pth'), '--out', str(tmp_path / 'o')])
     assert 'checkpoint does not fit' in str(error.value) and '\n' not in str(error.value)
+
+
+def test_wrapped_models_are_unwrapped_and_others_refused():
+    model = tiny(locality_strength=1.)
+    x = images(model)
+    wrapped = torch.nn.DataParallel(model)  # stands for DistributedDataParallel: the model is in .module
+    assert torch.equal(L.nonlocality(wrapped, x), L.nonlocality(model, x))
+    assert torch.equal(L.gates(wrapped), L.gates(model))
+    with pytest.raises(TypeError, match='expected a ConViT'):
+        L.gates(torch.nn.Linear(2, 2))
