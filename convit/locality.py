@@ -287,7 +287,7 @@ def plot_ablation(drop: torch.Tensor, base: float, path: str) -> None:
     """Heatmap of the top-1 drop (points) when each head is zeroed, blocks x heads."""
     points = drop * 100
     bound = max(points.abs().max().item(), 1e-6)
-    _heatmap(points, path, f'top-1 drop (points) when a head is zeroed; base {100 * base:.1f}%',
+    _heatmap(points, path, f'top-1 drop when a head is zeroed\n(points; top-1 {100 * base:.1f}%)',
              'points', 'RdBu_r', -bound, bound, fmt='{:.1f}')
 
 

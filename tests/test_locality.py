@@ -265,3 +265,20 @@ def test_wrapped_models_are_unwrapped_and_others_refused():
     assert torch.equal(L.gates(wrapped), L.gates(model))
     with pytest.raises(TypeError, match='expected a ConViT'):
         L.gates(torch.nn.Linear(2, 2))
+
+
+def test_command_reads_an_image_folder(tmp_path):
+    model = ConViT(img_size=16, patch_size=4, embed_dim=36, num_heads=9, depth=3, local_up_to_layer=2, num_classes=2)
+    torch.save({'model': model.state_dict(), 'args': {'model': 'convit_tiny', 'img_size': 16, 'patch_size': 4,
+                'embed_dim': 36, 'num_heads': 9, 'depth': 3, 'local_up_to_layer': 2}}, tmp_path / 'c.pth')
+    for label in ('cat', 'dog'):
+        (tmp_path / 'data' / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new('RGB', (20, 24), (40 * i, 100, 200)).save(tmp_path / 'data' / label / f'{i}.png')
+    report = L.main(['--checkpoint', str(tmp_path / 'c.pth'), '--data-path', str(tmp_path / 'data'),
+                     '--ablate', '--out', str(tmp_path / 'out')])
+    assert report['num_images'] == 4 and report['grid_size'] == [4, 4]
+    assert report['ablation']['top1'] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    with pytest.raises(SystemExit, match='not an image folder'):
+        (tmp_path / 'empty').mkdir()
+        L.main(['--checkpoint', str(tmp_path / 'c.pth'), '--data-path', str(tmp_path / 'empty'), '--out', str(tmp_path / 'o')])
