@@ -338,6 +338,7 @@ def _read_log(log_path: str) -> Tuple[List[float], List[Dict]]:
 def _plot_over_epochs(epochs: List[float], values: torch.Tensor, path: str, ylabel: str,
                       ylim: Optional[Tuple[float, float]] = None) -> None:
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     _, blocks, heads = values.shape
     ncols = min(blocks, 4)
     nrows = math.ceil(blocks / ncols)
@@ -351,6 +352,7 @@ def _plot_over_epochs(epochs: List[float], values: torch.Tensor, path: str, ylab
             ax.plot(epochs, values[:, b, h].numpy(), lw=1, color=plt.cm.viridis(h / max(heads - 1, 1)),
                     label=f'head {h}')
         ax.set_title(f'block {b}', fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.tick_params(labelsize=7)

@@ -23,7 +23,7 @@ HELD_OUT = 297
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--epochs', type=int, default=10)
+    parser.add_argument('--epochs', type=int, default=14)
     parser.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'figures'))
     args = parser.parse_args()
     torch.manual_seed(0)
