@@ -200,29 +200,45 @@ def head_ablation(model: ConViT, images: torch.Tensor, labels: torch.Tensor, bat
     """Top-1 accuracy on (images, labels) and its drop, blocks x heads, when each head alone is zeroed.
 
     Drops are in accuracy units (0.05 = five points); negative when removing a head helps.
+    The blocks before the ablated one run once per batch of images: their outputs are reused for every
+    head of the later blocks (an exact shortcut, about twice as fast as a full forward per head).
     """
     model = _unwrap(model)
     device, dtype = _model_device_dtype(model)
-    labels = labels.to(device)
-
-    def accuracy() -> float:
-        correct = 0
-        for start in range(0, images.shape[0], batch_size):
-            logits = model(images[start:start + batch_size].to(device=device, dtype=dtype))
-            correct += (logits.argmax(dim=-1) == labels[start:start + batch_size]).sum().item()
-        return correct / images.shape[0]
-
-    drop = torch.zeros(len(model.blocks), model.num_heads)
-    pairs = [(b, h) for b in range(len(model.blocks)) for h in range(model.num_heads)]
+    blocks, heads = len(model.blocks), model.num_heads
+    correct_base, correct = 0, torch.zeros(blocks, heads)
+    progress_bar = None
     if progress:
         from tqdm import tqdm
-        pairs = tqdm(pairs, desc='head ablation', unit='head', file=sys.stderr)
+        progress_bar = tqdm(total=math.ceil(images.shape[0] / batch_size) * blocks * heads, desc='head ablation',
+                            unit='head', file=sys.stderr)
     with _analysis_mode(model):
-        base = accuracy()
-        for b, h in pairs:
-            with _ablate_head(model, b, h):
-                drop[b, h] = base - accuracy()
-    return base, drop
+        for start in range(0, images.shape[0], batch_size):
+            x, grid_size = model._embed(images[start:start + batch_size].to(device=device, dtype=dtype))
+            target = labels[start:start + batch_size].to(device)
+            inputs = []  # the input of each block, class token joined, as the model's forward computes it
+            for index, block in enumerate(model.blocks):
+                x = model._join_class_token(index, x)
+                inputs.append(x)
+                x = block(x, grid_size)
+
+            def hits(y: torch.Tensor) -> int:
+                return (model.forward_head(model.norm(y)).argmax(dim=-1) == target).sum().item()
+
+            correct_base += hits(x)
+            for b in range(blocks):
+                for h in range(heads):
+                    with _ablate_head(model, b, h):
+                        y = model.blocks[b](inputs[b], grid_size)
+                    for index in range(b + 1, blocks):
+                        y = model.blocks[index](model._join_class_token(index, y), grid_size)
+                    correct[b, h] += hits(y)
+                    if progress_bar is not None:
+                        progress_bar.update()
+    if progress_bar is not None:
+        progress_bar.close()
+    base = correct_base / images.shape[0]
+    return base, base - correct / images.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------- plots

@@ -164,14 +164,26 @@ def test_head_ablation_zeroes_exactly_one_head():
         with L._ablate_head(model, 2, 4):
             assert torch.allclose(model(x), expected, atol=1e-6)
         # a head that writes nothing cannot change the accuracy when zeroed
-        labels = model(x).argmax(-1)
         model.blocks[0].attn.proj.weight[:, 3 * d:4 * d] = 0
         labels = model(x).argmax(-1)
-    base, drop = L.head_ablation(model, x, labels)
-    assert base == 1.0
-    assert drop.shape == (3, 9)
+    base, drop = L.head_ablation(model, x, labels, batch_size=4)  # two batches
+    assert base == 1.0 and drop.shape == (3, 9)
     assert drop[0, 3] == 0
     assert (drop >= 0).all()
+    # the shortcut (earlier blocks run once) gives what a full forward per ablated head gives; heads are made
+    # loud so that zeroing them changes predictions
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.proj.weight.mul_(50)
+        x = images(model, 12)
+        labels = model(x).argmax(-1)
+        base, shortcut = L.head_ablation(model, x, labels, batch_size=5)
+        for b in range(3):
+            for h in range(9):
+                with L._ablate_head(model, b, h):
+                    accuracy = (model(x).argmax(-1) == labels).float().mean().item()
+                assert shortcut[b, h].item() == pytest.approx(1.0 - accuracy)
+    assert base == 1.0 and (shortcut > 0).sum() >= 3
 
 
 def test_plot_log_over_epochs(tmp_path):
