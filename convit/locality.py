@@ -536,10 +536,12 @@ def run(args: argparse.Namespace) -> Dict:
         images, labels = _folder_batch(model, args.data_path, args.num_images)
     else:
         images, labels = _digits_batch(model, args.num_images)
+    # checked before the long part; the grid is the one the model's patch embedding will make
+    query = _parse_query(args.query, (images.shape[-2] // model.patch_size[0], images.shape[-1] // model.patch_size[1]))
     maps, grid_size = _attention_maps(model, images, args.batch_size, progress=True)
-    query = _parse_query(args.query, grid_size)
     report = _report(model, maps, grid_size, images.shape[0])
-    report.update(model=args.model, checkpoint=args.checkpoint, data=args.data_path or 'digits', query=list(query))
+    name = getattr(model, 'pretrained_cfg', {}).get('architecture', args.model)
+    report.update(model=name, checkpoint=args.checkpoint, data=args.data_path or 'digits', query=list(query))
     drop = None
     if args.ablate:
         base, drop = head_ablation(model, images, labels, args.batch_size, progress=True)

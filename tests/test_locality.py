@@ -217,7 +217,7 @@ def test_command_writes_its_files(tmp_path):
     out = tmp_path / 'out'
     report = L.main(['--checkpoint', str(checkpoint), '--data', 'digits', '--num-images', '8',
                      '--query', '0,3', '--ablate', '--out', str(out)])
-    assert report['query'] == [0, 3] and report['grid_size'] == [4, 4]
+    assert report['query'] == [0, 3] and report['grid_size'] == [4, 4] and report['model'] == 'convit_tiny'
     for name in ('nonlocality.png', 'gates.png', 'attention_maps.png', 'ablation.png'):
         with Image.open(out / name) as image:
             image.verify()
