@@ -1,8 +1,9 @@
-"""Train a tiny ConViT on sklearn's digits (CPU, about two minutes) and draw the figures of docs/LOCALITY.md.
+"""Train a tiny ConViT on sklearn's digits (CPU, 2-3 minutes) and draw the figures of docs/LOCALITY.md.
 
-    PYTHONPATH=. python docs/make_locality_figures.py [--epochs 15] [--out docs/figures]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python docs/make_locality_figures.py [--epochs 14] [--out docs/figures]
 
 The first 297 digits are held out for validation (and for the figures); the model trains on the rest.
+The model is ``convit_tiny`` with its shape overridden (CONFIG), saved as a training checkpoint would be.
 Each epoch, ``epoch_locality`` on 64 held-out digits goes into ``log.jsonl`` as a training loop would log it.
 """
 import argparse
