@@ -80,15 +80,11 @@ def extract_state_dict(ckpt: dict, use_ema: bool = False) -> dict:
     """The model weights inside any supported checkpoint, without DDP's `module.` prefix."""
     if not isinstance(ckpt, dict):
         raise CheckpointError("checkpoint holds no dict of weights")
-    keys = (["model_ema", "state_dict_ema"] if use_ema else []) + ["model", "state_dict"]
-    sd = ckpt
-    for key in keys:
-        if isinstance(ckpt.get(key), dict):
-            sd = ckpt[key]
-            break
-    else:
-        if use_ema:
-            raise CheckpointError("checkpoint has no EMA weights; drop --use-ema")
+    keys = ["model_ema", "state_dict_ema"] if use_ema else ["model", "state_dict"]
+    found = [ckpt[k] for k in keys if isinstance(ckpt.get(k), dict)]
+    if use_ema and not found:
+        raise CheckpointError("checkpoint has no EMA weights; drop --use-ema")
+    sd = found[0] if found else ckpt
     if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError("checkpoint holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in sd.items()}

@@ -24,10 +24,10 @@ def _is_ours(name: str) -> bool:
 
     if importlib.util.find_spec("convit.variants") is not None:
         import convit  # noqa: F401  (registers convit_* with timm)
-    try:
-        return timm.models.model_entrypoint(name).__module__.startswith("convit.")
-    except RuntimeError:  # unknown name: timm.create_model reports it
-        return True
+    if not timm.models.is_model(name):
+        raise ConfigError(f"unknown model '{name}'; use one of convit_tiny, convit_tiny_plus, "
+                          "convit_small, convit_small_plus, convit_base, convit_base_plus")
+    return timm.models.model_entrypoint(name).__module__.startswith("convit.")
 
 
 def model_kwargs(cfg: Config) -> dict:
@@ -53,13 +53,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs
             if heads is None or kwargs["embed_dim"] % heads:
                 raise ConfigError(f"embed_dim {kwargs['embed_dim']} is not a multiple of num_heads {heads}")
             kwargs["embed_dim"] //= heads
-    try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise ConfigError(f"unknown model '{name}'; use one of convit_tiny, convit_tiny_plus, "
-                              "convit_small, convit_small_plus, convit_base, convit_base_plus") from None
-        raise
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
 
 
 def build_criterion(cfg: Config, mixup_active: bool) -> torch.nn.Module:
