@@ -18,7 +18,7 @@ import torch
 
 from convit.checkpoint import (FORMAT, CheckpointError, extract_state_dict, load_weights,
                                read_checkpoint)
-from convit.config import Config, ConfigError, from_dict, validate
+from convit.config import Config, ConfigError, error_line, from_dict, validate
 from convit.data import DataError, build_loaders
 from convit.distributed import cleanup, init_distributed
 from convit.engine import create_model, evaluate
@@ -112,7 +112,5 @@ if __name__ == "__main__":
     try:
         main(parse_args())
     except (ConfigError, DataError, CheckpointError) as e:
-        from train import one_line
-
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         sys.exit(2)

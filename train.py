@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from convit.checkpoint import (FORMAT, CheckpointError, load_weights, read_checkpoint,
                                save_checkpoint, training_state)
-from convit.config import Config, ConfigError, parse_args, save_yaml, to_dict
+from convit.config import Config, ConfigError, error_line, parse_args, save_yaml, to_dict
 from convit.data import DataError, build_loaders
 from convit.distributed import barrier, cleanup, init_distributed
 from convit.engine import (build_criterion, build_mixup, create_model, evaluate, model_kwargs,
@@ -155,18 +155,9 @@ def main(cfg: Config) -> None:
     cleanup()
 
 
-def one_line(e: BaseException) -> str:
-    """The last line of an error message (DataLoader workers prepend a traceback), unprefixed."""
-    line = [s for s in str(e).strip().splitlines() if s.strip()][-1].strip()
-    name = type(e).__name__
-    for prefix in (f"convit.data.{name}: ", f"convit.checkpoint.{name}: ", f"{name}: "):
-        line = line.removeprefix(prefix)
-    return line
-
-
 if __name__ == "__main__":
     try:
         main(parse_args())
     except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {error_line(e)}", file=sys.stderr)
         sys.exit(2)

@@ -29,3 +29,18 @@ def test_ddp_step_equals_single_process_step_on_the_concatenated_batch(folder, t
     assert moved > 1e-3  # the step did change the weights
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_resume_under_a_different_world_size(folder, tmp_path):
+    args = ["--data-path", folder, *TINY_MODEL, "--epochs", "2", "--batch-size", "4",
+            "--repeated-aug", "--model-ema", "--output-dir", tmp_path]
+    run_script("train.py", args + ["--stop-after", "1"], nproc=2)
+    first = read_checkpoint(tmp_path / "last.pth")
+    run_script("train.py", args + ["--resume", "auto", "--batch-size", "8"])  # same global batch
+    last = read_checkpoint(tmp_path / "last.pth")
+    assert (first["epoch"], last["epoch"]) == (0, 1)
+    steps = first["num_updates"]  # 24 images / (2 x 4) per step
+    assert steps == 3 and last["num_updates"] == 2 * steps
+    assert len(last["optimizer"]["state"]) == len(first["optimizer"]["state"]) > 0
+    assert last["optimizer"]["state"][0]["step"] == 2 * steps  # AdamW kept counting from the checkpoint
+    assert not torch.equal(first["model_ema"]["head.weight"], last["model_ema"]["head.weight"])
