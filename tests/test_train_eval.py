@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import NO_AUG, TINY_MODEL, make_image_folder, read_log, run_script
-from convit.checkpoint import FORMAT, read_checkpoint
+from convit.checkpoint import FORMAT, CheckpointError, read_checkpoint
 
 TIMING = ("epoch_time_s", "train_images_per_s")
 
@@ -108,3 +108,26 @@ def test_corrupt_checkpoint(trained, tmp_path, folder):
             "--output-dir", tmp_path / "o", "--resume", bad]
     line = one_error_line(run_script("train.py", args, check=False))
     assert "is corrupt or truncated" in line
+
+
+def test_eval_of_an_original_authors_checkpoint(folder, tmp_path):
+    """{"model": state_dict, "args": Namespace} as the original code saves it, timm's variant."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import eval as eval_script
+    from convit.engine import create_model
+
+    torch.manual_seed(0)
+    model = create_model("convit_tiny", 3, img_size=32)
+    path = tmp_path / "convit_tiny_official.pth"
+    torch.save({"model": model.state_dict(), "epoch": 299, "args": argparse.Namespace(lr=5e-4)}, path)
+    out = tmp_path / "r.json"
+    result = eval_script.main(eval_script.parse_args([
+        "--model", "convit_tiny", "--checkpoint", str(path), "--img-size", "32",
+        "--data-path", str(folder), "--num-workers", "0", "--output", str(out)]))
+    assert result["val_images"] == 21 and json.loads(out.read_text())["val_correct1"] == result["val_correct1"]
+    with pytest.raises(CheckpointError, match="name its variant with --model"):
+        eval_script.main(eval_script.parse_args(["--checkpoint", str(path), "--data-path", str(folder)]))
