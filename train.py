@@ -72,14 +72,15 @@ def main(cfg: Config) -> None:
                                        warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
                                        min_lr=cfg.min_lr, step_on_epochs=True)
     loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
-    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
 
     # resume: weights, optimizer, schedule, scaler, EMA and epoch (the sampler is seeded by epoch)
-    start_epoch, best_acc1, num_updates = 0, -1.0, 0
     path = resume_path(cfg)
-    if path:
-        state = training_state(read_checkpoint(path))
+    state = training_state(read_checkpoint(path)) if path else None
+    if state:
         load_weights(model, state["model"], f"checkpoint '{path}'")
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None  # copies the weights
+    start_epoch, best_acc1, num_updates = 0, -1.0, 0
+    if state:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
 
 from .config import Config
 
@@ -36,10 +37,8 @@ def pil_rgb_loader(path: str) -> Image.Image:
                         "delete or replace the file") from None
 
 
-def image_folder(root: str, split: str, transform) -> "torchvision.datasets.ImageFolder":  # noqa: F821
+def image_folder(root: str, split: str, transform) -> ImageFolder:
     """`root/split` as a torchvision ImageFolder, with a clear error when it is missing or empty."""
-    from torchvision.datasets import ImageFolder
-
     path = os.path.join(root, split)
     if not os.path.isdir(path):
         raise DataError(f"data folder '{path}' not found; --data-path must hold train/ and val/ "
