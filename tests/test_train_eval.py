@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import NO_AUG, TINY_MODEL, make_image_folder, read_log, run_script
+from conftest import TINY_MODEL, make_image_folder, read_log, run_script
 from convit.checkpoint import FORMAT, CheckpointError, read_checkpoint
 
 TIMING = ("epoch_time_s", "train_images_per_s")
