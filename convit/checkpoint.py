@@ -1,0 +1,114 @@
+"""Checkpoints: atomic saving, resuming, and reading ours, timm's and the original authors' files.
+
+Ours is a dict: {"format": FORMAT, "model_name", "model_kwargs", "config", "model", "epoch",
+"best_acc1", and for `last.pth` also "optimizer", "scheduler", "scaler", "model_ema", "sampler"}.
+timm's are plain state dicts (`.pth`/`.bin` or `.safetensors`); the original ConViT/DeiT code
+saves {"model": state_dict, ...}. All three share timm's parameter names.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "convit-train-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write `state` to `path` atomically: a temp file in the same folder, then os.replace.
+
+    A crash mid-write leaves the previous file intact and no partial file under `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load any supported checkpoint file onto the CPU, or raise one clear CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' not found; check the path")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint '{path}' is corrupt or not a safetensors file ({e}); "
+                                  "re-download or re-create it") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e) or "Unsupported global" not in str(e):
+            raise _corrupt(path, e) from None
+        # The original code pickles its argparse.Namespace beside the weights; trusted files only.
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:  # noqa: BLE001 - any failure here means an unreadable file
+            raise _corrupt(path, e2) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        raise _corrupt(path, e) from None
+
+
+def _corrupt(path, e) -> CheckpointError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({first[:120]}); "
+                           "use another checkpoint, e.g. last.pth instead of best.pth")
+
+
+def extract_state_dict(ckpt: dict, use_ema: bool = False) -> dict:
+    """The model weights inside any supported checkpoint, without DDP's `module.` prefix."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError("checkpoint holds no dict of weights")
+    keys = ["model_ema", "state_dict_ema"] if use_ema else ["model", "state_dict"]
+    found = [ckpt[k] for k in keys if isinstance(ckpt.get(k), dict)]
+    if use_ema and not found:
+        raise CheckpointError("checkpoint has no EMA weights; drop --use-ema")
+    sd = found[0] if found else ckpt
+    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError("checkpoint holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
+    """Load a state dict with strict=True; mismatches become one CheckpointError line."""
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as e:
+        missing, unexpected = _diff(model.state_dict(), state_dict)
+        detail = (f"missing {missing[:3]}, unexpected {unexpected[:3]}" if missing or unexpected
+                  else str(e).strip().splitlines()[-1].strip()[:200])
+        raise CheckpointError(f"{source} does not fit the model ({detail}); "
+                              "build the model the checkpoint was trained with") from None
+
+
+def _diff(expected: dict, got: dict):
+    return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+
+
+def training_state(ckpt: dict) -> dict:
+    """Our `last.pth` contents, checked to be a resumable checkpoint."""
+    if ckpt.get("format") != FORMAT or "optimizer" not in ckpt:
+        raise CheckpointError("--resume needs a last.pth written by this train.py "
+                              "(other checkpoints hold weights only)")
+    return ckpt

@@ -1,0 +1,182 @@
+"""Datasets and loaders: ImageNet-style ImageFolders, the scikit-learn digits, class-balanced subsets.
+
+Training batches come from a repeated-augmentation or plain distributed sampler; validation is
+sharded without padding (rank r takes images r, r + world, ...), so that summing per-rank counts
+gives each image exactly once.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.datasets import ImageFolder
+
+from .config import Config
+
+DIGITS_VAL_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+class DataError(RuntimeError):
+    """A data problem the user can fix (missing folder, unreadable image)."""
+
+
+def pil_rgb_loader(path: str) -> Image.Image:
+    """Open an image as RGB, or raise DataError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise DataError(f"cannot read image '{path}' ({type(e).__name__}); "
+                        "delete or replace the file") from None
+
+
+def image_folder(root: str, split: str, transform) -> ImageFolder:
+    """`root/split` as a torchvision ImageFolder, with a clear error when it is missing or empty."""
+    path = os.path.join(root, split)
+    if not os.path.isdir(path):
+        raise DataError(f"data folder '{path}' not found; --data-path must hold train/ and val/ "
+                        "folders with one sub-folder of images per class")
+    try:
+        return ImageFolder(path, transform=transform, loader=pil_rgb_loader)
+    except FileNotFoundError as e:  # no class folders, or no images in them
+        raise DataError(f"no images under '{path}' ({e}); expected {path}/CLASS/IMAGE.jpg") from None
+
+
+def class_balanced_subset(targets, ratio: float, seed: int) -> list[int]:
+    """Indices keeping a seeded random `ratio` of each class (at least one image per class)."""
+    targets = np.asarray(targets)
+    if ratio >= 1.0:
+        return list(range(len(targets)))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(targets):
+        idx = np.flatnonzero(targets == c)
+        n = max(1, int(round(ratio * len(idx))))
+        keep.append(rng.permutation(idx)[:n])
+    return sorted(np.concatenate(keep).tolist())
+
+
+class DigitsDataset(Dataset):
+    """The 8x8 scikit-learn digits, scaled to [-1, 1] and resized to `img_size`, one channel.
+
+    Training images get a random shift of up to one original pixel.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, img_size: int, in_chans: int,
+                 train: bool):
+        x = images.float().view(-1, 1, 8, 8) / 8.0 - 1.0
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
+        self.images = x.expand(-1, in_chans, -1, -1).contiguous()
+        self.targets = targets.long().tolist()
+        self.train = train
+        self.shift = max(1, img_size // 8)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        if self.train:
+            dx, dy = torch.randint(-self.shift, self.shift + 1, (2,)).tolist()
+            x = torch.roll(x, shifts=(dy, dx), dims=(1, 2))
+        return x, self.targets[i]
+
+
+def digits_split():
+    """The fixed, class-balanced train/val split of the digits: ((X, y) train, (X, y) val)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    Xtr, Xva, ytr, yva = train_test_split(X, y, test_size=DIGITS_VAL_FRACTION, stratify=y,
+                                          random_state=DIGITS_SPLIT_SEED)
+    return (torch.from_numpy(Xtr), torch.from_numpy(ytr)), (torch.from_numpy(Xva), torch.from_numpy(yva))
+
+
+def imagenet_transforms(cfg: Config, train: bool):
+    """timm's training (RandAugment, random erasing, ...) or evaluation (resize, center crop) transform."""
+    from timm.data import create_transform
+
+    if train:
+        return create_transform(
+            cfg.img_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
+            color_jitter=cfg.color_jitter, auto_augment=cfg.aa or None, interpolation=cfg.interpolation,
+            re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount)
+    return create_transform(cfg.img_size, is_training=False, interpolation=cfg.interpolation,
+                            crop_pct=cfg.crop_pct)
+
+
+def build_datasets(cfg: Config, need_train: bool = True):
+    """(train dataset or None, val dataset, number of classes) for `cfg.data`."""
+    if cfg.data == "digits":
+        (Xtr, ytr), (Xva, yva) = digits_split()
+        val = DigitsDataset(Xva, yva, cfg.img_size, cfg.in_chans, train=False)
+        train = DigitsDataset(Xtr, ytr, cfg.img_size, cfg.in_chans, train=True) if need_train else None
+        num_classes = 10
+    else:
+        if not os.path.isdir(cfg.data_path):
+            raise DataError(f"data folder '{cfg.data_path}' not found; pass --data-path DIR "
+                            "with train/ and val/ ImageFolders")
+        val = image_folder(cfg.data_path, "val", imagenet_transforms(cfg, train=False))
+        train = image_folder(cfg.data_path, "train", imagenet_transforms(cfg, train=True)) if need_train else None
+        num_classes = len(val.classes)
+        if train is not None and train.classes != val.classes:
+            raise DataError(f"train/ and val/ under '{cfg.data_path}' have different class folders")
+    if train is not None and cfg.sampling_ratio < 1.0:
+        targets = train.targets
+        train = Subset(train, class_balanced_subset(targets, cfg.sampling_ratio, cfg.seed))
+        train.targets = [targets[i] for i in train.indices]
+    return train, val, num_classes
+
+
+def train_sampler(dataset, cfg: Config, rank: int, world_size: int):
+    """Repeated-augmentation or plain shuffling sampler; either is seeded by `set_epoch`.
+
+    timm's RepeatAugSampler with selected_round=0 keeps the whole epoch (ceil(len / world) images
+    per rank); its default rounds each epoch down to a multiple of 256 images.
+    """
+    if cfg.repeated_aug:
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        return RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                num_repeats=cfg.num_repeats, selected_round=0)
+    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed)
+
+
+def shard(dataset, rank: int, world_size: int) -> Subset:
+    """Images rank, rank + world_size, ...: every image on exactly one rank, no padding."""
+    return Subset(dataset, range(rank, len(dataset), world_size))
+
+
+@dataclass
+class Loaders:
+    train: DataLoader | None
+    val: DataLoader
+    num_classes: int
+
+
+def build_loaders(cfg: Config, rank: int = 0, world_size: int = 1, need_train: bool = True,
+                  pin_memory: bool = False) -> Loaders:
+    """Train loader (sampled, whole batches only) and sharded val loader for this rank."""
+    train, val, num_classes = build_datasets(cfg, need_train)
+    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory,
+                  persistent_workers=False)
+    train_loader = None
+    if train is not None:
+        sampler = train_sampler(train, cfg, rank, world_size)
+        n_per_rank = len(sampler)
+        if n_per_rank < cfg.batch_size:
+            raise DataError(f"only {n_per_rank} training images per process, fewer than --batch-size "
+                            f"{cfg.batch_size}; lower the batch size")
+        train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                                  **common)
+    val_loader = DataLoader(shard(val, rank, world_size), batch_size=cfg.batch_size, shuffle=False,
+                            **common)
+    return Loaders(train_loader, val_loader, num_classes)

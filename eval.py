@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Evaluate a ConViT: top-1, top-5 and loss on an ImageFolder's val/ or the digits val split.
+
+    python eval.py --checkpoint out/best.pth                        # ours: model and data from the file
+    python eval.py --model convit_small --checkpoint convit_small.pth --data-path /data/imagenet
+    python eval.py --model convit_small --pretrained --data-path /data/imagenet --output results.json
+    torchrun --nproc_per_node=8 eval.py --checkpoint out/best.pth --data-path /data/imagenet
+
+Checkpoints: this repo's train.py, timm's (state dict, .pth or .safetensors), or the original
+authors' ({"model": state_dict}). Every validation image is counted once, whatever the world size.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from convit.checkpoint import (FORMAT, CheckpointError, extract_state_dict, load_weights,
+                               read_checkpoint)
+from convit.config import Config, ConfigError, error_line, from_dict, validate
+from convit.data import DataError, build_loaders
+from convit.distributed import cleanup, init_distributed
+from convit.engine import create_model, evaluate
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--checkpoint", help="checkpoint file (ours, timm's or the original authors')")
+    p.add_argument("--pretrained", action="store_true", help="timm's pretrained weights for --model")
+    p.add_argument("--model", help="variant name; read from our checkpoints when omitted")
+    p.add_argument("--data", choices=["auto", "digits", "imagefolder"], default=None,
+                   help="dataset; default: the checkpoint's, or imagefolder when --data-path is given")
+    p.add_argument("--data-path", help="ImageFolder root holding val/")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--num-workers", type=int, help="loader processes (default: 0 on digits, else 8)")
+    p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of the checkpoint")
+    p.add_argument("--output", help="write the results to this JSON file")
+    args = p.parse_args(argv)
+    if not args.checkpoint and not args.pretrained:
+        p.error("give --checkpoint FILE or --model NAME --pretrained")
+    if args.pretrained and not args.model:
+        p.error("--pretrained needs --model NAME")
+    return args
+
+
+def load_model(args):
+    """(model, Config describing its input) from our checkpoint, a foreign one, or timm's weights."""
+    if args.pretrained and not args.checkpoint:
+        model = create_model(args.model, num_classes=1000, pretrained=True)
+        return model, Config(model=args.model, in_chans=3, img_size=model.patch_embed.img_size[0],
+                             data="imagefolder")
+    ckpt = read_checkpoint(args.checkpoint)
+    state_dict = extract_state_dict(ckpt, use_ema=args.use_ema)
+    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+        cfg = from_dict(ckpt["config"])
+        name = args.model or ckpt["model_name"]
+        kwargs = {k: v for k, v in ckpt["model_kwargs"].items() if k not in ("drop_rate", "drop_path_rate")}
+        model = create_model(name, ckpt["num_classes"], **kwargs)
+    else:
+        if not args.model:
+            raise CheckpointError(f"'{args.checkpoint}' is not from train.py; name its variant "
+                                  "with --model, e.g. --model convit_small")
+        if "head.weight" not in state_dict or "patch_embed.proj.weight" not in state_dict:
+            raise CheckpointError(f"'{args.checkpoint}' holds no ConViT weights (no head/patch_embed)")
+        num_classes = state_dict["head.weight"].shape[0]
+        in_chans = state_dict["patch_embed.proj.weight"].shape[1]
+        model = create_model(args.model, num_classes, in_chans=in_chans,
+                             **({"img_size": args.img_size} if args.img_size else {}))
+        cfg = Config(model=args.model, in_chans=in_chans, img_size=model.patch_embed.img_size[0],
+                     data="imagefolder")
+    load_weights(model, state_dict, f"checkpoint '{args.checkpoint}'")
+    return model, cfg
+
+
+def main(args) -> dict:
+    dist = init_distributed()
+    model, cfg = load_model(args)
+    model.to(dist.device)
+    if args.data_path:
+        cfg.data_path = args.data_path
+        cfg.data = args.data or "imagefolder"
+    elif args.data:
+        cfg.data = args.data
+    cfg = validate(cfg)
+    cfg.batch_size = args.batch_size
+    cfg.num_workers = args.num_workers if args.num_workers is not None else (0 if cfg.data == "digits" else 8)
+    cfg.sampling_ratio = 1.0
+    if args.img_size:
+        cfg.img_size = args.img_size
+    loaders = build_loaders(cfg, dist.rank, dist.world_size, need_train=False,
+                            pin_memory=dist.device.type == "cuda")
+    if loaders.num_classes != model.num_classes:
+        raise DataError(f"the model predicts {model.num_classes} classes but the data has "
+                        f"{loaders.num_classes}; evaluate on the dataset it was trained for")
+    amp_dtype = torch.bfloat16 if dist.device.type == "cuda" else None
+    stats = evaluate(model, loaders.val, dist.device, amp_dtype)
+    results = {"model": cfg.model, "checkpoint": args.checkpoint, "pretrained": args.pretrained,
+               "data": cfg.data_path if cfg.data == "imagefolder" else "digits",
+               "world_size": dist.world_size, **stats}
+    if dist.is_main:
+        print(f"{cfg.model}: top-1 {stats['val_acc1']:.2f}%  top-5 {stats['val_acc5']:.2f}%  "
+              f"loss {stats['val_loss']:.4f}  ({stats['val_images']} images)", flush=True)
+        if args.output:
+            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    cleanup()
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        sys.exit(2)

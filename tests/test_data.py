@@ -1,0 +1,91 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from timm.data.distributed_sampler import RepeatAugSampler
+
+from conftest import make_image_folder
+from convit.config import parse_args
+from convit.data import (DataError, build_datasets, build_loaders, class_balanced_subset,
+                         digits_split, pil_rgb_loader, shard, train_sampler)
+
+
+def test_class_balanced_subset_sizes_and_determinism():
+    targets = [0] * 100 + [1] * 30 + [2] * 7
+    keep = class_balanced_subset(targets, 0.1, seed=3)
+    assert Counter(targets[i] for i in keep) == {0: 10, 1: 3, 2: 1}  # every class kept, in proportion
+    assert keep == class_balanced_subset(targets, 0.1, seed=3)
+    assert keep != class_balanced_subset(targets, 0.1, seed=4)
+    assert len(set(keep)) == len(keep)
+    assert class_balanced_subset(targets, 1.0, seed=0) == list(range(len(targets)))
+
+
+def test_sampling_ratio_on_an_image_folder(tmp_path):
+    root = make_image_folder(tmp_path, n_train=[20, 10, 6], n_val=2)
+    cfg = parse_args(["--data-path", str(root), "--sampling-ratio", "0.5", "--img-size", "16"])
+    train, val, num_classes = build_datasets(cfg)
+    assert num_classes == 3 and len(val) == 6
+    assert Counter(train.targets) == {0: 10, 1: 5, 2: 3}
+    assert Counter(train.dataset.targets[i] for i in train.indices) == Counter(train.targets)
+    image, label = train[0]
+    assert image.shape == (3, 16, 16) and label == train.targets[0]
+
+
+def test_digits_split_is_fixed_and_class_balanced():
+    (Xtr, ytr), (Xva, yva) = digits_split()
+    assert len(ytr) + len(yva) == 1797 and len(yva) == 360
+    counts = np.bincount(yva.numpy(), minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37
+    (_, ytr2), (_, yva2) = digits_split()
+    assert torch.equal(yva, yva2) and torch.equal(ytr, ytr2)
+
+
+def test_digits_loader_shapes():
+    cfg = parse_args(["--batch-size", "32"])
+    loaders = build_loaders(cfg)
+    x, y = next(iter(loaders.train))
+    assert x.shape == (32, cfg.in_chans, cfg.img_size, cfg.img_size) and y.shape == (32,)
+    assert -1.0 <= x.min() and x.max() <= 1.0 and loaders.num_classes == 10
+
+
+def test_repeated_aug_sampler_keeps_the_whole_epoch():
+    dataset = list(range(300))
+    cfg = parse_args(["--repeated-aug", "--num-repeats", "3"])
+    samplers = [train_sampler(dataset, cfg, rank, 2) for rank in range(2)]
+    assert all(len(s) == 150 for s in samplers)  # 300 images per epoch over 2 ranks
+    seen = [i for s in samplers for i in s]
+    assert len(seen) == 300 and len(set(seen)) >= 95  # each image repeated ~3x, ~100 distinct
+    # timm's default rounds each epoch down to a multiple of 256: 256 of 300 here, 0.. of smaller sets
+    assert len(RepeatAugSampler(dataset, num_replicas=2, rank=0)) == 128
+
+
+def test_shard_counts_every_image_once():
+    data = list(range(7))
+    shards = [list(shard(data, r, 2)) for r in range(2)]
+    assert shards == [[0, 2, 4, 6], [1, 3, 5]]
+    assert sum(len(shard(data, r, 3)) for r in range(3)) == 7
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    cfg = parse_args(["--data-path", str(tmp_path / "nope")])
+    with pytest.raises(DataError, match="not found"):
+        build_datasets(cfg)
+    (tmp_path / "only_val" / "val" / "a").mkdir(parents=True)
+    cfg = parse_args(["--data-path", str(tmp_path / "only_val")])
+    with pytest.raises(DataError, match=r"no images under '.*only_val/val'"):
+        build_datasets(cfg)
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match="cannot read image '.*broken.jpg'"):
+        pil_rgb_loader(str(bad))
+
+
+def test_too_few_images_for_the_batch(tmp_path):
+    root = make_image_folder(tmp_path, n_train=2, n_val=1)
+    cfg = parse_args(["--data-path", str(root), "--batch-size", "16", "--img-size", "16"])
+    with pytest.raises(DataError, match="fewer than --batch-size"):
+        build_loaders(cfg)

@@ -1,0 +1,83 @@
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.scheduler import create_scheduler_v2
+
+from convit.config import ConfigError, parse_args
+from convit.engine import (build_criterion, build_mixup, create_model, evaluate, model_kwargs,
+                           train_one_epoch)
+
+
+def test_embed_dim_is_the_total_width():
+    model = create_model("convit_tiny", 10, img_size=16, patch_size=8, embed_dim=32, num_heads=4,
+                         depth=2, local_up_to_layer=1)
+    assert model.embed_dim == 32 and model.head.in_features == 32 and len(model.blocks) == 2
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_digits_default_model():
+    cfg = parse_args([])
+    model = create_model(cfg.model, 10, **model_kwargs(cfg))
+    assert model.embed_dim == 96 and model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+def test_unknown_model_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown model 'convit_huge'"):
+        create_model("convit_huge", 10)
+
+
+def test_evaluate_counts_exactly():
+    # the "model" is the identity: inputs are logits, so the expected counts are known
+    logits = torch.tensor([[5.0, 1, 0, 0, 0, 0], [0, 5.0, 4, 3, 2, 1], [0, 1, 2, 3, 4, 5.0]])
+    targets = torch.tensor([0, 2, 0])  # hit top-1; top-5 only; miss both
+    loader = DataLoader(TensorDataset(logits, targets), batch_size=2)
+    stats = evaluate(torch.nn.Identity(), loader, torch.device("cpu"))
+    assert (stats["val_images"], stats["val_correct1"], stats["val_correct5"]) == (3, 1, 2)
+    assert stats["val_acc1"] == pytest.approx(100 / 3) and stats["val_acc5"] == pytest.approx(200 / 3)
+    expected = torch.nn.functional.cross_entropy(logits, targets).item()
+    assert stats["val_loss"] == pytest.approx(expected)
+
+
+def test_train_one_epoch_learns_and_follows_the_schedule():
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    y = (x[:, 0] > 0).long()
+    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
+    model = torch.nn.Linear(8, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=4, min_lr=0.0,
+                                       step_on_epochs=True)
+    criterion = torch.nn.CrossEntropyLoss()
+    losses, updates = [], 0
+    for epoch in range(4):
+        stats = train_one_epoch(model, loader, optimizer, criterion, torch.device("cpu"), epoch,
+                                scheduler=scheduler, num_updates=updates)
+        updates = stats["num_updates"]
+        losses.append(stats["train_loss"])
+    assert updates == 16 and stats["train_images"] == 64
+    assert losses[-1] < 0.7 * losses[0]
+    # last step of the last epoch ran at epoch 3 + 3/4 of a 4-epoch cosine schedule
+    assert stats["lr"] == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 3.75 / 4)))
+    assert evaluate(model, loader, torch.device("cpu"))["val_acc1"] > 90
+
+
+def test_criterion_and_mixup_choice():
+    cfg = parse_args([])
+    assert build_mixup(cfg, 10) is None
+    assert isinstance(build_criterion(cfg, False), torch.nn.CrossEntropyLoss)
+    cfg = parse_args(["--smoothing", "0.1"])
+    assert isinstance(build_criterion(cfg, False), LabelSmoothingCrossEntropy)
+    cfg = parse_args(["--mixup", "0.8", "--cutmix", "1.0", "--smoothing", "0.1"])
+    mixup = build_mixup(cfg, 10)
+    assert isinstance(build_criterion(cfg, mixup is not None), SoftTargetCrossEntropy)
+    _, soft = mixup(torch.randn(4, 1, 16, 16), torch.arange(4))
+    assert soft.shape == (4, 10) and torch.allclose(soft.sum(1), torch.ones(4))
+
+
+def test_no_local_init_needs_our_models_or_passes_through():
+    cfg = parse_args(["--local-init", "false"])
+    assert model_kwargs(cfg)["local_init"] is False
+    assert "local_init" not in model_kwargs(parse_args([]))
