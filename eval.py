@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from convit.checkpoint import (FORMAT, CheckpointError, extract_state_dict, load_weights,
-                               read_checkpoint)
+from convit.checkpoint import FORMAT, CheckpointError, model_from_checkpoint
 from convit.config import Config, ConfigError, error_line, from_dict, validate
 from convit.data import DataError, build_loaders
 from convit.distributed import cleanup, init_distributed
@@ -51,26 +50,13 @@ def load_model(args):
         model = create_model(args.model, num_classes=1000, pretrained=True)
         return model, Config(model=args.model, in_chans=3, img_size=model.patch_embed.img_size[0],
                              data="imagefolder")
-    ckpt = read_checkpoint(args.checkpoint)
-    state_dict = extract_state_dict(ckpt, use_ema=args.use_ema)
-    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+    model, ckpt = model_from_checkpoint(args.checkpoint, args.model, use_ema=args.use_ema,
+                                        **({"img_size": args.img_size} if args.img_size else {}))
+    if ckpt.get("format") == FORMAT:
         cfg = from_dict(ckpt["config"])
-        name = args.model or ckpt["model_name"]
-        kwargs = {k: v for k, v in ckpt["model_kwargs"].items() if k not in ("drop_rate", "drop_path_rate")}
-        model = create_model(name, ckpt["num_classes"], **kwargs)
     else:
-        if not args.model:
-            raise CheckpointError(f"'{args.checkpoint}' is not from train.py; name its variant "
-                                  "with --model, e.g. --model convit_small")
-        if "head.weight" not in state_dict or "patch_embed.proj.weight" not in state_dict:
-            raise CheckpointError(f"'{args.checkpoint}' holds no ConViT weights (no head/patch_embed)")
-        num_classes = state_dict["head.weight"].shape[0]
-        in_chans = state_dict["patch_embed.proj.weight"].shape[1]
-        model = create_model(args.model, num_classes, in_chans=in_chans,
-                             **({"img_size": args.img_size} if args.img_size else {}))
-        cfg = Config(model=args.model, in_chans=in_chans, img_size=model.patch_embed.img_size[0],
+        cfg = Config(model=args.model, in_chans=model.in_chans, img_size=model.patch_embed.img_size[0],
                      data="imagefolder")
-    load_weights(model, state_dict, f"checkpoint '{args.checkpoint}'")
     return model, cfg
 
 

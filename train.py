@@ -26,6 +26,7 @@ from convit.data import DataError, build_loaders
 from convit.distributed import barrier, cleanup, init_distributed
 from convit.engine import (build_criterion, build_mixup, create_model, evaluate, model_kwargs,
                            train_one_epoch)
+from convit.locality import epoch_locality
 
 
 def seed_everything(seed: int) -> None:
@@ -109,6 +110,12 @@ def main(cfg: Config) -> None:
               f"{dist.world_size} process(es) on {device.type}, global batch {global_batch}, lr {lr:.2e}",
               flush=True)
 
+    # a fixed batch of validation images on which rank 0 logs non-locality and gates every epoch
+    locality_images = None
+    if dist.is_main and cfg.locality_images > 0:
+        val_set = loaders.val.dataset
+        locality_images = torch.stack([val_set[i][0] for i in range(min(cfg.locality_images, len(val_set)))]).to(device)
+
     end_epoch = min(cfg.epochs, start_epoch + cfg.stop_after) if cfg.stop_after else cfg.epochs
     for epoch in range(start_epoch, end_epoch):
         # every epoch's randomness depends only on (seed, epoch, rank): resuming replays it exactly
@@ -123,6 +130,8 @@ def main(cfg: Config) -> None:
         val_stats = evaluate(model, loaders.val, device, amp_dtype)
         row = {"epoch": epoch, "lr": train_stats["lr"], "train_loss": train_stats["train_loss"],
                **{k: val_stats[k] for k in ("val_loss", "val_acc1", "val_acc5", "val_images")}}
+        if locality_images is not None:
+            row["locality"] = epoch_locality(model, locality_images)
         if ema is not None:
             ema_stats = evaluate(ema.module, loaders.val, device, amp_dtype)
             row.update(val_acc1_ema=ema_stats["val_acc1"], val_acc5_ema=ema_stats["val_acc5"])

@@ -106,6 +106,31 @@ def _diff(expected: dict, got: dict):
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
 
 
+def model_from_checkpoint(path: str | Path, name: str | None = None, use_ema: bool = False,
+                          **overrides) -> tuple[torch.nn.Module, dict]:
+    """(model holding the checkpoint's weights, the checkpoint) for ours, timm's or the authors' files.
+
+    Ours name their model and its arguments; for the others pass `name` (the variant); the number of
+    classes and input channels are read off the weights, `overrides` go to the model's constructor.
+    """
+    from .engine import create_model
+
+    ckpt = read_checkpoint(path)
+    state_dict = extract_state_dict(ckpt, use_ema=use_ema)
+    if ckpt.get("format") == FORMAT:
+        kwargs = {k: v for k, v in ckpt["model_kwargs"].items() if k not in ("drop_rate", "drop_path_rate")}
+        model = create_model(name or ckpt["model_name"], ckpt["num_classes"], **{**kwargs, **overrides})
+    else:
+        if not name:
+            raise CheckpointError(f"'{path}' is not from train.py; name its variant with --model, e.g. --model convit_small")
+        if "head.weight" not in state_dict or "patch_embed.proj.weight" not in state_dict:
+            raise CheckpointError(f"'{path}' holds no ConViT weights (no head/patch_embed)")
+        model = create_model(name, state_dict["head.weight"].shape[0],
+                             in_chans=state_dict["patch_embed.proj.weight"].shape[1], **overrides)
+    load_weights(model, state_dict, f"checkpoint '{path}'")
+    return model, ckpt
+
+
 def training_state(ckpt: dict) -> dict:
     """Our `last.pth` contents, checked to be a resumable checkpoint."""
     if ckpt.get("format") != FORMAT or "optimizer" not in ckpt:

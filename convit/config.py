@@ -83,6 +83,7 @@ class Config:
     resume: Optional[str] = None  # a checkpoint path, or "auto" for OUTPUT_DIR/last.pth if present
     stop_after: int = 0  # end this invocation after this many epochs (0: run to `epochs`)
     progress: bool = True
+    locality_images: int = 64  # validation images whose non-locality and gates go into each epoch's log (0: off)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}

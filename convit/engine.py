@@ -1,7 +1,6 @@
 """Model construction, one training epoch, and exact distributed evaluation."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
 
@@ -11,23 +10,10 @@ from tqdm import tqdm
 
 from .config import Config, ConfigError
 from .distributed import all_reduce_sum
+from .variants import VARIANTS
 
-# timm's own ConViT takes embed_dim per head; these are its variants' head counts.
-_TIMM_HEADS = {"convit_tiny": 4, "convit_small": 9, "convit_base": 16}
 _MODEL_KEYS = ("patch_size", "embed_dim", "num_heads", "depth", "mlp_ratio", "local_up_to_layer",
                "locality_strength")
-
-
-def _is_ours(name: str) -> bool:
-    """Import convit (registering its models with timm); True if `name` is now convit's model."""
-    import timm
-
-    if importlib.util.find_spec("convit.variants") is not None:
-        import convit  # noqa: F401  (registers convit_* with timm)
-    if not timm.models.is_model(name):
-        raise ConfigError(f"unknown model '{name}'; use one of convit_tiny, convit_tiny_plus, "
-                          "convit_small, convit_small_plus, convit_base, convit_base_plus")
-    return timm.models.model_entrypoint(name).__module__.startswith("convit.")
 
 
 def model_kwargs(cfg: Config) -> dict:
@@ -41,18 +27,11 @@ def model_kwargs(cfg: Config) -> dict:
 
 
 def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) -> torch.nn.Module:
-    """timm.create_model for a ConViT variant; `embed_dim` is the total width."""
+    """timm.create_model for one of convit's variants; `embed_dim` is the total width."""
     import timm
 
-    kwargs = dict(kwargs)
-    if not _is_ours(name):
-        if "local_init" in kwargs:
-            raise ConfigError("local_init: false needs convit's own models (convit/model.py)")
-        if "embed_dim" in kwargs:
-            heads = kwargs.get("num_heads", _TIMM_HEADS.get(name))
-            if heads is None or kwargs["embed_dim"] % heads:
-                raise ConfigError(f"embed_dim {kwargs['embed_dim']} is not a multiple of num_heads {heads}")
-            kwargs["embed_dim"] //= heads
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown model '{name}'; use one of {', '.join(sorted(VARIANTS))}")
     return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
 
 

@@ -15,7 +15,6 @@ renormalised. Gates are sigmoid(lambda) per GPSA head: 1 is fully positional, 0 
 import argparse
 import contextlib
 import csv
-import inspect
 import json
 import math
 import os
@@ -27,6 +26,9 @@ import torch
 from torch import nn
 
 from .attention import GPSA
+from .checkpoint import CheckpointError, model_from_checkpoint
+from .data import DataError, DigitsDataset, digits_split
+from .engine import create_model
 from .model import ConViT
 
 
@@ -406,61 +408,17 @@ def plot_log(log_path: str, out_dir: str) -> List[str]:
 def load_model(name: Optional[str] = None, checkpoint: Optional[str] = None) -> ConViT:
     """A ConViT by timm name, with weights from ``checkpoint`` if given.
 
-    Accepts a plain state dict, ``{"model": state_dict, ...}`` (official and timm-style), and training
-    checkpoints whose ``args``/``config`` dict names the model (``model``) and its constructor kwargs;
-    then ``name`` may be None. ``num_classes`` follows the checkpoint's head.
+    Checkpoints are read by ``convit.checkpoint.model_from_checkpoint``: ours (which name the model, so
+    ``name`` may be None), timm's state dicts and safetensors, and the original authors' files.
     """
-    import timm
-    from . import variants  # noqa: F401  (registers the models)
-    from .variants import checkpoint_filter_fn
-
-    state, kwargs = None, {}
     if checkpoint is not None:
-        if not os.path.isfile(checkpoint):
-            raise ValueError(f"checkpoint {checkpoint} does not exist")
-        if checkpoint.endswith('.safetensors'):
-            from safetensors.torch import load_file
-            loaded = load_file(checkpoint)
-        else:
-            try:
-                loaded = torch.load(checkpoint, map_location='cpu', weights_only=True)
-            except Exception as error:
-                raise ValueError(f"cannot read checkpoint {checkpoint}: {str(error).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise ValueError(f"checkpoint {checkpoint} holds a {type(loaded).__name__}, not a dict")
-        config = loaded.get('args', loaded.get('config'))
-        if isinstance(config, dict):
-            model_cfg = config.get('model')
-            if isinstance(model_cfg, dict):  # {"model": {"name": ..., **kwargs}}
-                model_cfg = dict(model_cfg)
-                name = name or model_cfg.pop('name', None)
-                kwargs.update(model_cfg)
-            else:  # {"model": "convit_tiny", "img_size": 16, ...} or {"model_kwargs": {...}}
-                name = name or model_cfg
-                accepted = inspect.signature(ConViT.__init__).parameters
-                kwargs.update({k: v for k, v in config.items() if k in accepted})
-                kwargs.update(config.get('model_kwargs') or {})
-        state = loaded
-        for key in ('model', 'state_dict', 'model_ema'):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-        state = {k.removeprefix('module.'): v for k, v in state.items()}
-        if 'num_classes' not in kwargs and 'head.weight' in state:
-            kwargs['num_classes'] = state['head.weight'].shape[0]
-    if not name:
-        raise ValueError("no model name: pass --model (the checkpoint does not name one)")
-    try:
-        model = timm.create_model(name, pretrained=False, **kwargs)
-    except RuntimeError as error:
-        raise ValueError(f"unknown model {name!r}: {error}") from None
+        model = model_from_checkpoint(checkpoint, name)[0]
+    elif not name:
+        raise ValueError("no model name: pass --model (or a --checkpoint written by train.py)")
+    else:
+        model = create_model(name, num_classes=1000)
     if not isinstance(model, ConViT):
         raise ValueError(f"{name} is a {type(model).__name__}, not a ConViT")
-    if state is not None:
-        try:
-            model.load_state_dict(checkpoint_filter_fn(state, model), strict=True)
-        except RuntimeError as error:  # shape mismatches
-            raise ValueError(f"checkpoint does not fit {name}: {' '.join(str(error).split())[:300]}") from None
     return model
 
 
@@ -471,15 +429,14 @@ def _input_size(model: ConViT) -> Tuple[int, int]:
 
 
 def _digits_batch(model: ConViT, num_images: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The first ``num_images`` sklearn digits at the model's input size, normalised to [-1, 1], and labels."""
-    from sklearn.datasets import load_digits
-    digits = load_digits()
-    if not 0 < num_images <= len(digits.images):
-        raise ValueError(f"--num-images must be between 1 and {len(digits.images)} for the digits set")
-    images = torch.tensor(digits.images[:num_images], dtype=torch.float32)[:, None] / 16.
-    images = torch.nn.functional.interpolate(images, size=_input_size(model), mode='bilinear', align_corners=False)
-    images = (images.repeat(1, model.in_chans, 1, 1) - 0.5) / 0.5
-    return images, torch.tensor(digits.target[:num_images])
+    """The first ``num_images`` digits of the fixed validation split, as train.py feeds them, and labels."""
+    _, (images, labels) = digits_split()
+    if not 0 < num_images <= len(labels):
+        raise ValueError(f"--num-images must be between 1 and {len(labels)} for the digits validation split")
+    if _input_size(model)[0] != _input_size(model)[1]:
+        raise ValueError(f"the digits are square; this model takes {_input_size(model)} images")
+    dataset = DigitsDataset(images[:num_images], labels[:num_images], _input_size(model)[0], model.in_chans, train=False)
+    return dataset.images, torch.tensor(dataset.targets)
 
 
 def _folder_batch(model: ConViT, path: str, num_images: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -583,7 +540,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     start = time.perf_counter()
     try:
         result = run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, CheckpointError, DataError) as error:
         raise SystemExit(f"python -m convit.locality: error: {error}") from None
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f}s")
     return result

@@ -4,7 +4,7 @@ The module tree and parameter names are those of ``timm.models.convit.ConVit``, 
 ways with ``strict=True``. Unlike timm's constructor, ``embed_dim`` here is the total width (as in a
 ViT), and any image size divisible by the patch size runs, the position embedding being resampled.
 """
-from typing import Callable, Dict, List, Optional, Tuple, Type, Union
+from typing import Dict, List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F

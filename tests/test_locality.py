@@ -9,7 +9,15 @@ from PIL import Image
 from convit import ConViT
 from convit import locality as L
 from convit.attention import GPSA, MHSA
+from convit.checkpoint import FORMAT, save_checkpoint
 
+
+
+def save_training_checkpoint(model, path, num_classes=10):
+    """A checkpoint as train.py writes it (the model name and its arguments beside the weights)."""
+    kwargs = dict(img_size=16, patch_size=4, embed_dim=36, num_heads=9, depth=3, local_up_to_layer=2)
+    save_checkpoint({'format': FORMAT, 'model_name': 'convit_tiny', 'model_kwargs': kwargs,
+                     'num_classes': num_classes, 'config': {}, 'model': model.state_dict(), 'epoch': 3}, path)
 
 def tiny(img_size=(8, 10), patch_size=2, heads=9, locality_strength=10., **kwargs) -> ConViT:
     # a non-square 4 x 5 patch grid, so that rows and columns cannot be confused
@@ -211,9 +219,7 @@ def test_command_writes_its_files(tmp_path):
     model = ConViT(img_size=16, patch_size=4, embed_dim=36, num_heads=9, depth=3, local_up_to_layer=2,
                    locality_strength=1., num_classes=10)
     checkpoint = tmp_path / 'ckpt.pth'
-    config = dict(model='convit_tiny', img_size=16, patch_size=4, embed_dim=36, num_heads=9, depth=3,
-                  local_up_to_layer=2, num_classes=10, lr=1e-3)
-    torch.save({'model': model.state_dict(), 'args': config, 'epoch': 3}, checkpoint)
+    save_training_checkpoint(model, checkpoint)
     out = tmp_path / 'out'
     report = L.main(['--checkpoint', str(checkpoint), '--data', 'digits', '--num-images', '8',
                      '--query', '0,3', '--ablate', '--out', str(out)])
@@ -239,8 +245,7 @@ def test_command_writes_its_files(tmp_path):
 ])
 def test_command_errors_are_one_line(tmp_path, argv, message):
     model = ConViT(img_size=16, patch_size=4, embed_dim=36, num_heads=9, depth=3, local_up_to_layer=2, num_classes=10)
-    torch.save({'model': model.state_dict(), 'args': {'model': 'convit_tiny', 'img_size': 16, 'patch_size': 4,
-                'embed_dim': 36, 'num_heads': 9, 'depth': 3, 'local_up_to_layer': 2}}, tmp_path / 'c.pth')
+    save_training_checkpoint(model, tmp_path / 'c.pth')
     argv = [str(tmp_path / 'c.pth') if a == 'CKPT' else a for a in argv]
     with pytest.raises(SystemExit) as error:
         L.main(argv + ['--num-images', '2', '--out', str(tmp_path / 'out')])
@@ -252,8 +257,7 @@ def test_module_runs_as_a_command(tmp_path):
     import subprocess
     import sys
     model = ConViT(img_size=16, patch_size=4, embed_dim=36, num_heads=9, depth=3, local_up_to_layer=2, num_classes=10)
-    torch.save({'model': model.state_dict(), 'config': {'model': {'name': 'convit_tiny', 'img_size': 16, 'patch_size': 4,
-                'embed_dim': 36, 'num_heads': 9, 'depth': 3, 'local_up_to_layer': 2}}}, tmp_path / 'c.pth')
+    save_training_checkpoint(model, tmp_path / 'c.pth')
     result = subprocess.run([sys.executable, '-m', 'convit.locality', '--checkpoint', str(tmp_path / 'c.pth'),
                              '--num-images', '4', '--out', str(tmp_path / 'o')], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -266,7 +270,7 @@ def test_plain_state_dict_of_another_shape_is_a_one_line_error(tmp_path):
     torch.save(model.state_dict(), tmp_path / 'plain.pth')
     with pytest.raises(SystemExit) as error:
         L.main(['--model', 'convit_tiny', '--checkpoint', str(tmp_path / 'plain.pth'), '--out', str(tmp_path / 'o')])
-    assert 'checkpoint does not fit' in str(error.value) and '\n' not in str(error.value)
+    assert 'checkpoint pos_embed has shape [1, 16, 36]' in str(error.value) and '\n' not in str(error.value)
 
 
 def test_wrapped_models_are_unwrapped_and_others_refused():
@@ -281,8 +285,7 @@ def test_wrapped_models_are_unwrapped_and_others_refused():
 
 def test_command_reads_an_image_folder(tmp_path):
     model = ConViT(img_size=16, patch_size=4, embed_dim=36, num_heads=9, depth=3, local_up_to_layer=2, num_classes=2)
-    torch.save({'model': model.state_dict(), 'args': {'model': 'convit_tiny', 'img_size': 16, 'patch_size': 4,
-                'embed_dim': 36, 'num_heads': 9, 'depth': 3, 'local_up_to_layer': 2}}, tmp_path / 'c.pth')
+    save_training_checkpoint(model, tmp_path / 'c.pth', num_classes=2)
     for label in ('cat', 'dog'):
         (tmp_path / 'data' / label).mkdir(parents=True)
         for i in range(2):

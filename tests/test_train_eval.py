@@ -24,6 +24,9 @@ def test_outputs_of_a_run(trained):
     for key in ("epoch", "lr", "train_loss", "val_loss", "val_acc1", "val_acc5", *TIMING):
         assert isinstance(row[key], (int, float)), key
     assert row["val_images"] == 21
+    # non-locality (blocks x heads) and gates (GPSA blocks x heads) on a fixed batch of val images
+    assert [len(r) for r in row["locality"]["nonlocality"]] == [4, 4]
+    assert [len(r) for r in row["locality"]["gates"]] == [4]
     best = read_checkpoint(trained / "best.pth")
     assert best["format"] == FORMAT and best["model_name"] == "convit_tiny"
     assert best["model_kwargs"]["embed_dim"] == 32 and best["config"]["data_path"]
