@@ -110,6 +110,26 @@ def _memory_child(name: str, model_key: str, batch: int, img_size: int) -> int:
     return _high_water_bytes() - base
 
 
+def saved_activation_bytes(model: torch.nn.Module, batch: int, img_size: int, device: torch.device) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward pass of one training forward.
+
+    Deterministic, unlike a resident-set peak: it counts each saved storage once.
+    """
+    images = torch.randn(batch, 3, img_size, img_size, device=device)
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    model.train()
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
+        model(images)
+    return sum(storages.values())
+
+
 def time_interleaved(steps: Dict[str, Callable], repeats: int, device: torch.device) -> Dict[str, float]:
     """Median seconds of each step, the models taking turns inside every repeat."""
     times = {key: [] for key in steps}
@@ -143,11 +163,13 @@ def run(name: str, batch: int, img_size: int, repeats: int, warmup: int, device:
         'inference_images_per_s': {k: batch / v for k, v in infer_s.items()},
         'train_images_per_s': {k: batch / v for k, v in train_s.items()},
     }
+    result['saved_activations_mib'] = {
+        k: saved_activation_bytes(m, batch, img_size, device) / 2 ** 20 for k, m in models.items()}
     if memory:
         result['train_peak_memory_mib'] = {
             k: peak_train_memory(name, k, batch, img_size, device) / 2 ** 20 for k in models}
     ratios = {}
-    for figure in ('inference_images_per_s', 'train_images_per_s', 'train_peak_memory_mib'):
+    for figure in ('inference_images_per_s', 'train_images_per_s', 'train_peak_memory_mib', 'saved_activations_mib'):
         if figure in result:
             values = result[figure]
             ratios[figure] = {'ours/vit': values['ours'] / values['vit'],
@@ -164,7 +186,8 @@ def format_table(result: Dict) -> str:
              '', '| figure | ours | timm ConVit | same-width ViT | ours/ViT | ours/timm | timm/ViT |',
              '|---|---|---|---|---|---|---|']
     for figure, label in (('inference_images_per_s', 'inference img/s'), ('train_images_per_s', 'train-step img/s'),
-                          ('train_peak_memory_mib', 'train-step peak MiB')):
+                          ('train_peak_memory_mib', 'train-step peak MiB'),
+                          ('saved_activations_mib', 'activations saved for backward, MiB')):
         if figure not in result:
             continue
         v, r = result[figure], result['ratios'][figure]

@@ -15,11 +15,11 @@ def test_benchmark_runs_and_writes_json(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    for figure in ('inference_images_per_s', 'train_images_per_s', 'train_peak_memory_mib'):
+    for figure in ('inference_images_per_s', 'train_images_per_s', 'train_peak_memory_mib', 'saved_activations_mib'):
         assert set(result[figure]) == {'ours', 'timm_convit', 'vit'}
         assert all(value > 0 for value in result[figure].values()), result[figure]
         assert set(result['ratios'][figure]) == {'ours/vit', 'ours/timm_convit', 'timm_convit/vit'}
-    assert '| train-step peak MiB |' in done.stdout
+    assert '| train-step peak MiB |' in done.stdout and '| activations saved for backward, MiB |' in done.stdout
 
 
 def test_benchmark_rejects_an_image_size_off_the_patch_grid():
