@@ -1,5 +1,6 @@
 """The six registered models: timm's registry, pretrained configs and local-file loading, and the
 contract timm's own tests/test_models.py holds every model to (forward, backward, cfg, TorchScript, FX)."""
+import argparse
 import warnings
 
 import pytest
@@ -67,7 +68,8 @@ def test_pretrained_from_a_local_file(tmp_path, tiny_weights, fmt):
     if fmt == 'safetensors':
         save_file({k: v.contiguous() for k, v in tiny_weights.items()}, path)
     elif fmt == 'official.pth':  # facebookresearch/convit's main.py saves {'model': ..., 'optimizer': ..., ...}
-        torch.save({'model': tiny_weights, 'optimizer': {}, 'epoch': 299, 'args': None}, path)
+        torch.save({'model': tiny_weights, 'optimizer': {}, 'epoch': 299,
+                    'args': argparse.Namespace(model='convit_tiny', lr=5e-4)}, path)
     else:
         torch.save(tiny_weights, path)
     model = timm.create_model('convit_tiny', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
