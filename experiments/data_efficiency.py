@@ -49,6 +49,7 @@ PAPER = {0.05: (47.8, 34.8), 0.1: (59.6, 48.0), 0.3: (73.7, 66.1), 0.5: (78.2, 7
 RESULT_FIELDS = ["model", "fraction", "seed", "train_images", "steps", "batch_size", "val_acc1",
                  "val_loss", "final_train_loss", "seconds"]
 LOCALITY_FIELDS = ["model", "fraction", "seed", "block", "type", "head", "nonlocality", "gate"]
+INIT_FIELDS = ["model", "seed", "block", "type", "head", "nonlocality", "gate"]
 # Config keys that the command line may override for every run (a smaller model, a faster test).
 MODEL_FLAGS = ("embed_dim", "num_heads", "depth", "local_up_to_layer", "patch_size", "img_size",
                "batch_size", "lr")
@@ -104,21 +105,29 @@ def summarize(results: list[dict]) -> list[dict]:
     return rows
 
 
+def _order(key) -> tuple:
+    model, fraction = key
+    return (model, -1.0) if fraction == "init" else (model, fraction)
+
+
 def locality_table(locality: list[dict]) -> dict:
-    """{(model, fraction): {block: (mean non-locality, mean gate or None)}}, averaged over seeds and heads."""
+    """{(model, fraction): {block: (mean non-locality, mean gate or None)}}, averaged over seeds and heads.
+
+    Rows without a fraction (the untrained models of `init_locality`) go under fraction "init".
+    """
     cells: dict = {}
     for r in locality:
-        key = (r["model"], float(r["fraction"]))
+        key = (r["model"], float(r["fraction"]) if r.get("fraction") not in (None, "") else "init")
         block = cells.setdefault(key, {}).setdefault(int(r["block"]), {"d": [], "g": []})
         block["d"].append(float(r["nonlocality"]))
         if r["gate"] not in ("", None):
             block["g"].append(float(r["gate"]))
     return {key: {b: (float(np.mean(v["d"])), float(np.mean(v["g"])) if v["g"] else None)
                   for b, v in sorted(blocks.items())}
-            for key, blocks in sorted(cells.items())}
+            for key, blocks in sorted(cells.items(), key=lambda kv: _order(kv[0]))}
 
 
-def summary_markdown(summary: list[dict], locality: list[dict], setting: str) -> str:
+def summary_markdown(summary: list[dict], locality: list[dict], setting: str, init: list[dict] = ()) -> str:
     """The two tables (top-1 and gaps; locality per block) as markdown."""
     def num(x, fmt="{:.1f}"):
         return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
@@ -135,11 +144,12 @@ def summary_markdown(summary: list[dict], locality: list[dict], setting: str) ->
             f"{num(r['paper_gap'], '{:+.1f}')} |")
     lines += ["", "Top-1 in % on the 360 validation digits, mean ± sample std over seeds; the gap is "
               "ConViT minus DeiT, paired by seed (same subset), mean ± std over seeds.", ""]
-    table = locality_table(locality)
+    table = locality_table(list(init) + list(locality))
     if table:
         blocks = sorted({b for cells in table.values() for b in cells})
-        lines += ["Non-locality per block (patches; mean over heads and seeds; GPSA blocks marked *, "
-                  "with their mean gate σ(λ) in brackets: 1 = positional, 0 = content):", "",
+        lines += ["Non-locality per block after training (patches; mean over heads and seeds; GPSA blocks "
+                  "marked *, with their mean gate σ(λ) in brackets: 1 = positional, 0 = content); "
+                  "'untrained': the same seeds' initial weights, before step 0:", "",
                   "| model | fraction | " + " | ".join(f"block {b}" for b in blocks) + " |",
                   "|---|---|" + "---|" * len(blocks)]
         for (model, fraction), cells in table.items():
@@ -147,7 +157,8 @@ def summary_markdown(summary: list[dict], locality: list[dict], setting: str) ->
             for b in blocks:
                 d, g = cells.get(b, (None, None))
                 parts.append("–" if d is None else (f"{d:.2f}* ({g:.2f})" if g is not None else f"{d:.2f}"))
-            lines.append(f"| {model} | {fraction:g} | " + " | ".join(parts) + " |")
+            label = "untrained" if fraction == "init" else f"{fraction:g}"
+            lines.append(f"| {model} | {label} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -165,6 +176,33 @@ def run_config(base: Config, model: str, fraction: float, seed: int) -> Config:
     if model == "deit":
         cfg = dataclasses.replace(cfg, local_up_to_layer=0)
     return validate(cfg)
+
+
+def locality_rows(model, val_images, local_up_to_layer: int) -> list[dict]:
+    """Non-locality of every block and head over the validation images, and the gate of GPSA heads."""
+    distance = nonlocality(model, val_images, batch_size=120)  # blocks x heads
+    gate = gates(model)  # GPSA blocks x heads
+    rows = []
+    for b in range(distance.shape[0]):
+        is_gpsa = b < local_up_to_layer
+        for h in range(distance.shape[1]):
+            rows.append({"block": b, "type": "GPSA" if is_gpsa else "MHSA", "head": h,
+                         "nonlocality": round(distance[b, h].item(), 4),
+                         "gate": round(gate[b, h].item(), 4) if is_gpsa else ""})
+    return rows
+
+
+def init_locality(base: Config, models, seeds, val_images) -> list[dict]:
+    """Locality of each run's untrained model (the same weights for every fraction of a seed)."""
+    rows = []
+    for model in models:
+        for seed in seeds:
+            cfg = run_config(base, model, 1.0, seed)
+            seed_everything(seed)  # as in train_run: the same initial weights
+            net = create_model(cfg.model, 10, **model_kwargs(cfg))
+            rows += [{"model": model, "seed": seed, **r}
+                     for r in locality_rows(net, val_images, cfg.local_up_to_layer)]
+    return rows
 
 
 def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader, val_images):
@@ -210,15 +248,7 @@ def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader
     val = evaluate(model, val_loader, torch.device("cpu"))
     seconds = time.perf_counter() - start
 
-    distance = nonlocality(model, val_images, batch_size=120)  # blocks x heads
-    gate = gates(model)  # GPSA blocks x heads
-    locality = []
-    for b in range(distance.shape[0]):
-        is_gpsa = b < cfg.local_up_to_layer
-        for h in range(distance.shape[1]):
-            locality.append({"block": b, "type": "GPSA" if is_gpsa else "MHSA", "head": h,
-                             "nonlocality": round(distance[b, h].item(), 4),
-                             "gate": round(gate[b, h].item(), 4) if is_gpsa else ""})
+    locality = locality_rows(model, val_images, cfg.local_up_to_layer)
     tail = losses[-max(1, min(20, steps // 10)):]
     result = {"train_images": len(subset), "steps": steps, "batch_size": cfg.batch_size,
               "val_acc1": round(val["val_acc1"], 3), "val_loss": round(val["val_loss"], 4),
@@ -384,13 +414,15 @@ def main(argv=None) -> None:
               f"ETA {eta / 60:.1f} min", flush=True)
 
     results, locality = read_csv(out / "results.csv"), read_csv(out / "locality.csv")
+    init = init_locality(base, models, seeds, val_images)
+    write_csv(out / "locality_init.csv", init, INIT_FIELDS)
     summary = summarize(results)
     write_csv(out / "summary.csv", summary, list(summary[0]))
-    (out / "summary.md").write_text(summary_markdown(summary, locality, setting))
+    (out / "summary.md").write_text(summary_markdown(summary, locality, setting, init))
     plot(summary, out, setting)
     plot_locality(locality, out)
     print((out / "summary.md").read_text(), flush=True)
-    print(f"wrote {out}/results.csv, locality.csv, summary.csv, summary.md, data_efficiency.png, locality.png",
+    print(f"wrote {out}/results.csv, locality.csv, locality_init.csv, summary.csv, summary.md, data_efficiency.png, locality.png",
           flush=True)
 
 

@@ -26,7 +26,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert {p.name for p in tmp_path.iterdir()} == {
-        "results.csv", "locality.csv", "summary.csv", "summary.md", "data_efficiency.png", "locality.png"}
+        "results.csv", "locality.csv", "locality_init.csv", "summary.csv", "summary.md", "data_efficiency.png", "locality.png"}
     progress = [line for line in proc.stdout.splitlines() if line.startswith("[")]
     assert len(progress) == 2 and all("ETA" in line for line in progress)
 
@@ -51,12 +51,19 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert all(r["gate"] == "" for r in convit if r["type"] == "MHSA")
     assert all(float(r["nonlocality"]) > 0 for r in locality)
 
+    init = read(tmp_path / "locality_init.csv")
+    assert list(init[0]) == de.INIT_FIELDS and len(init) == 2 * 2 * 4
+    # untrained: every GPSA gate is sigmoid(1), the paper's (and timm's) initialisation
+    assert all(float(r["gate"]) == pytest.approx(0.7311, abs=1e-4) for r in init if r["type"] == "GPSA")
+    assert all(r["gate"] == "" for r in init if r["type"] == "MHSA")
+
     (summary,) = read(tmp_path / "summary.csv")
     assert float(summary["paper_gap"]) == pytest.approx(11.6)
     gap = float(results[0]["val_acc1"]) - float(results[1]["val_acc1"])
     assert float(summary["gap_mean"]) == pytest.approx(gap, abs=1e-6)
     md = (tmp_path / "summary.md").read_text()
     assert "| 0.1 | 142 |" in md and "+11.6" in md and "block 1" in md
+    assert "| convit | untrained |" in md and "| deit | 0.1 |" in md
 
 
 def test_every_run_takes_the_same_number_of_steps():
