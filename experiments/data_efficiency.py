@@ -1,0 +1,430 @@
+#!/usr/bin/env python
+"""Data efficiency at desk scale: ConViT vs its DeiT twin on class-balanced subsets of the digits.
+
+The paper's Table 2 (d'Ascoli et al., 2021) trains ConViT-S and DeiT-S on 5-100 % of ImageNet with
+the number of images seen held fixed. Here the same protocol runs on scikit-learn's digits, on CPU:
+
+- every run trains for the same number of optimizer steps (``--steps``) at a fixed batch size,
+  whatever the fraction; the subset is cycled (a fresh shuffle each pass, batches may straddle two
+  passes), and the lr follows a cosine with linear warm-up by step;
+- the subset is ``class_balanced_subset(train targets, fraction, seed)``: seeded, class-balanced;
+- the DeiT twin is the same config with ``local_up_to_layer: 0`` (every block MHSA, class token
+  from the start): same width, depth, heads and recipe;
+- validation is the fixed 360-image digits split, the same for every run.
+
+    python experiments/data_efficiency.py                          # 2 models x 5 fractions x 3 seeds
+    python experiments/data_efficiency.py --fractions 0.1 --seeds 0 --steps 3 --out /tmp/de
+
+Writes OUT/results.csv (one row per run), OUT/locality.csv (non-locality and gate per run, block,
+head), OUT/summary.csv and OUT/summary.md (means, spreads, our gap beside the paper's) and
+OUT/data_efficiency.png, OUT/locality.png.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing it
+    sys.path.insert(0, str(ROOT))
+
+from convit.config import Config, load_yaml, validate  # noqa: E402
+from convit.data import DigitsDataset, build_loaders, class_balanced_subset, digits_split  # noqa: E402
+from convit.engine import create_model, evaluate, model_kwargs  # noqa: E402
+from convit.locality import gates, nonlocality  # noqa: E402
+
+DEFAULT_CONFIG = ROOT / "experiments" / "configs" / "data_efficiency.yaml"
+MODELS = ("convit", "deit")
+# The paper's Table 2: top-1 (%) of ConViT-S and DeiT-S on ImageNet subsets, same images seen.
+PAPER = {0.05: (47.8, 34.8), 0.1: (59.6, 48.0), 0.3: (73.7, 66.1), 0.5: (78.2, 74.6), 1.0: (81.4, 79.9)}
+RESULT_FIELDS = ["model", "fraction", "seed", "train_images", "steps", "batch_size", "val_acc1",
+                 "val_loss", "final_train_loss", "seconds"]
+LOCALITY_FIELDS = ["model", "fraction", "seed", "block", "type", "head", "nonlocality", "gate"]
+INIT_FIELDS = ["model", "seed", "block", "type", "head", "nonlocality", "gate"]
+# Config keys that the command line may override for every run (a smaller model, a faster test).
+MODEL_FLAGS = ("embed_dim", "num_heads", "depth", "local_up_to_layer", "patch_size", "img_size",
+               "batch_size", "lr")
+
+
+# ---------------------------------------------------------------------------------------- pure helpers
+
+def paper_gap(fraction: float):
+    """ConViT-S minus DeiT-S top-1 in the paper at this fraction, or None if the paper has no row."""
+    for f, (convit, deit) in PAPER.items():
+        if math.isclose(f, fraction):
+            return round(convit - deit, 1)
+    return None
+
+
+def cycled_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[list[int]]:
+    """`steps` batches of indices into range(n): shuffled passes over the set, concatenated.
+
+    Every image is seen once per pass; a batch may straddle two passes, and may hold an image twice
+    when the set is smaller than the batch.
+    """
+    passes = math.ceil(steps * batch_size / n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)]).tolist()
+    return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """One row per fraction: both models' mean ± std top-1, our gap (paired by seed) and the paper's."""
+    rows = []
+    for fraction in sorted({float(r["fraction"]) for r in results}):
+        at = [r for r in results if math.isclose(float(r["fraction"]), fraction)]
+        acc = {m: {int(r["seed"]): float(r["val_acc1"]) for r in at if r["model"] == m} for m in MODELS}
+        row = {"fraction": fraction,
+               "train_images": int(next(r["train_images"] for r in at))}
+        for m in MODELS:
+            mean, std = mean_std(list(acc[m].values())) if acc[m] else (float("nan"), float("nan"))
+            row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_n": len(acc[m])})
+        seeds = sorted(set(acc["convit"]) & set(acc["deit"]))
+        gap_mean, gap_std = (mean_std([acc["convit"][s] - acc["deit"][s] for s in seeds]) if seeds
+                             else (float("nan"), float("nan")))
+        gap_paper = paper_gap(fraction)
+        row.update({"gap_mean": gap_mean, "gap_std": gap_std, "gap_seeds": len(seeds),
+                    "paper_convit": PAPER.get(fraction, (None, None))[0] if gap_paper is not None else None,
+                    "paper_deit": PAPER.get(fraction, (None, None))[1] if gap_paper is not None else None,
+                    "paper_gap": gap_paper})
+        rows.append(row)
+    return rows
+
+
+def _order(key) -> tuple:
+    model, fraction = key
+    return (model, -1.0) if fraction == "init" else (model, fraction)
+
+
+def locality_table(locality: list[dict]) -> dict:
+    """{(model, fraction): {block: (mean non-locality, mean gate or None)}}, averaged over seeds and heads.
+
+    Rows without a fraction (the untrained models of `init_locality`) go under fraction "init".
+    """
+    cells: dict = {}
+    for r in locality:
+        key = (r["model"], float(r["fraction"]) if r.get("fraction") not in (None, "") else "init")
+        block = cells.setdefault(key, {}).setdefault(int(r["block"]), {"d": [], "g": []})
+        block["d"].append(float(r["nonlocality"]))
+        if r["gate"] not in ("", None):
+            block["g"].append(float(r["gate"]))
+    return {key: {b: (float(np.mean(v["d"])), float(np.mean(v["g"])) if v["g"] else None)
+                  for b, v in sorted(blocks.items())}
+            for key, blocks in sorted(cells.items(), key=lambda kv: _order(kv[0]))}
+
+
+def summary_markdown(summary: list[dict], locality: list[dict], setting: str, init: list[dict] = ()) -> str:
+    """The two tables (top-1 and gaps; locality per block) as markdown."""
+    def num(x, fmt="{:.1f}"):
+        return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+    lines = [f"Setting: {setting}", "",
+             "| fraction | train images | ConViT top-1 | DeiT top-1 | gap (ours) | seeds | "
+             "paper ConViT-S | paper DeiT-S | gap (paper) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        lines.append(
+            f"| {r['fraction']:g} | {r['train_images']} | {num(r['convit_mean'])} ± {num(r['convit_std'])} | "
+            f"{num(r['deit_mean'])} ± {num(r['deit_std'])} | {num(r['gap_mean'], '{:+.1f}')} ± "
+            f"{num(r['gap_std'])} | {r['gap_seeds']} | {num(r['paper_convit'])} | {num(r['paper_deit'])} | "
+            f"{num(r['paper_gap'], '{:+.1f}')} |")
+    lines += ["", "Top-1 in % on the 360 validation digits, mean ± sample std over seeds; the gap is "
+              "ConViT minus DeiT, paired by seed (same subset), mean ± std over seeds.", ""]
+    table = locality_table(list(init) + list(locality))
+    if table:
+        blocks = sorted({b for cells in table.values() for b in cells})
+        lines += ["Non-locality per block after training (patches; mean over heads and seeds; GPSA blocks "
+                  "marked *, with their mean gate σ(λ) in brackets: 1 = positional, 0 = content); "
+                  "'untrained': the same seeds' initial weights, before step 0:", "",
+                  "| model | fraction | " + " | ".join(f"block {b}" for b in blocks) + " |",
+                  "|---|---|" + "---|" * len(blocks)]
+        for (model, fraction), cells in table.items():
+            parts = []
+            for b in blocks:
+                d, g = cells.get(b, (None, None))
+                parts.append("–" if d is None else (f"{d:.2f}* ({g:.2f})" if g is not None else f"{d:.2f}"))
+            label = "untrained" if fraction == "init" else f"{fraction:g}"
+            lines.append(f"| {model} | {label} | " + " | ".join(parts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_config(base: Config, model: str, fraction: float, seed: int) -> Config:
+    """The Config of one run: the base recipe, this fraction and seed, and no GPSA for the DeiT twin."""
+    cfg = dataclasses.replace(base, sampling_ratio=fraction, seed=seed, progress=False)
+    if model == "deit":
+        cfg = dataclasses.replace(cfg, local_up_to_layer=0)
+    return validate(cfg)
+
+
+def locality_rows(model, val_images, local_up_to_layer: int) -> list[dict]:
+    """Non-locality of every block and head over the validation images, and the gate of GPSA heads."""
+    distance = nonlocality(model, val_images, batch_size=120)  # blocks x heads
+    gate = gates(model)  # GPSA blocks x heads
+    rows = []
+    for b in range(distance.shape[0]):
+        is_gpsa = b < local_up_to_layer
+        for h in range(distance.shape[1]):
+            rows.append({"block": b, "type": "GPSA" if is_gpsa else "MHSA", "head": h,
+                         "nonlocality": round(distance[b, h].item(), 4),
+                         "gate": round(gate[b, h].item(), 4) if is_gpsa else ""})
+    return rows
+
+
+def init_locality(base: Config, models, seeds, val_images) -> list[dict]:
+    """Locality of each run's untrained model (the same weights for every fraction of a seed)."""
+    rows = []
+    for model in models:
+        for seed in seeds:
+            cfg = run_config(base, model, 1.0, seed)
+            seed_everything(seed)  # as in train_run: the same initial weights
+            net = create_model(cfg.model, 10, **model_kwargs(cfg))
+            rows += [{"model": model, "seed": seed, **r}
+                     for r in locality_rows(net, val_images, cfg.local_up_to_layer)]
+    return rows
+
+
+def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader, val_images):
+    """Train one model for exactly `steps` optimizer steps on its subset; evaluate; measure locality."""
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from torch.utils.data import DataLoader
+
+    (Xtr, ytr) = train_data
+    keep = class_balanced_subset(ytr.numpy(), cfg.sampling_ratio, cfg.seed)
+    subset = DigitsDataset(Xtr[keep], ytr[keep], cfg.img_size, cfg.in_chans, train=True)
+
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, 10, **model_kwargs(cfg))
+    lr = cfg.lr * cfg.batch_size / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum)
+    # one scheduler "epoch" per optimizer step: linear warm-up, then cosine to min_lr at `steps`
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=steps,
+                                       warmup_epochs=min(warmup_steps, max(steps - 1, 0)),
+                                       warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=True)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    batches = cycled_batches(len(subset), cfg.batch_size, steps, generator)
+    loader = DataLoader(subset, batch_sampler=batches, num_workers=0)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    start = time.perf_counter()
+    model.train()
+    losses = []
+    for step, (images, targets) in enumerate(loader):
+        if scheduler is not None:
+            scheduler.step(step)
+        loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        optimizer.step()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"training loss is {losses[-1]} at step {step}; lower --lr")
+    assert len(losses) == steps
+    val = evaluate(model, val_loader, torch.device("cpu"))
+    seconds = time.perf_counter() - start
+
+    locality = locality_rows(model, val_images, cfg.local_up_to_layer)
+    tail = losses[-max(1, min(20, steps // 10)):]
+    result = {"train_images": len(subset), "steps": steps, "batch_size": cfg.batch_size,
+              "val_acc1": round(val["val_acc1"], 3), "val_loss": round(val["val_loss"], 4),
+              "final_train_loss": round(float(np.mean(tail)), 4), "seconds": round(seconds, 1)}
+    return result, locality
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def append_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+# --------------------------------------------------------------------------------------------- plots
+
+def plot(summary: list[dict], out: Path, setting: str) -> None:
+    """Top-1 vs fraction (log x, mean ± std bands) and our gap beside the paper's."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = np.array([r["fraction"] for r in summary])
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+    for m, label, color in (("convit", "ConViT", "C0"), ("deit", "DeiT twin (local_up_to_layer 0)", "C1")):
+        mean = np.array([r[f"{m}_mean"] for r in summary])
+        std = np.array([r[f"{m}_std"] for r in summary])
+        ax.plot(f, mean, "o-", color=color, label=label)
+        ax.fill_between(f, mean - std, mean + std, color=color, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xticks(f)
+    ax.set_xticklabels([f"{x:g}" for x in f])
+    ax.set_xlabel("fraction of training images per class")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title("digits, same number of steps per run", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+    gap = np.array([r["gap_mean"] for r in summary])
+    gap_std = np.array([r["gap_std"] for r in summary])
+    paper = np.array([np.nan if r["paper_gap"] is None else r["paper_gap"] for r in summary], dtype=float)
+    x = np.arange(len(f))
+    bx.bar(x - 0.2, gap, 0.4, yerr=gap_std, capsize=3, color="C0", label="ours (digits), ± std over seeds")
+    bx.bar(x + 0.2, paper, 0.4, color="0.6", label="paper (ImageNet, ConViT-S − DeiT-S)")
+    bx.axhline(0, color="k", lw=0.8)
+    bx.set_xticks(x)
+    bx.set_xticklabels([f"{v:g}" for v in f])
+    bx.set_xlabel("fraction of training images per class")
+    bx.set_ylabel("ConViT − DeiT top-1 (points)")
+    bx.set_title("gap", fontsize=9)
+    bx.grid(alpha=0.3, axis="y")
+    bx.legend(fontsize=8)
+    fig.suptitle(setting, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "data_efficiency.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_locality(locality: list[dict], out: Path) -> None:
+    """Non-locality per block (mean over heads and seeds), one line per model and fraction."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = locality_table(locality)
+    if not table:
+        return
+    fractions = sorted({f for _, f in table})
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for (model, fraction), cells in table.items():
+        shade = plt.cm.Blues if model == "convit" else plt.cm.Oranges
+        color = shade(0.4 + 0.6 * fractions.index(fraction) / max(len(fractions) - 1, 1))
+        blocks = list(cells)
+        ax.plot(blocks, [cells[b][0] for b in blocks], "o-" if model == "convit" else "s--", ms=3,
+                color=color, label=f"{model} {fraction:g}")
+    ax.set_xlabel("block")
+    ax.set_ylabel("non-locality (patches)")
+    ax.set_title("final non-locality (ConViT: blue, DeiT twin: orange; darker = more data)", fontsize=8)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "locality.png", dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base recipe (keys of convit/config.py)")
+    p.add_argument("--fractions", default="0.05,0.1,0.3,0.5,1.0")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--models", default="convit,deit")
+    p.add_argument("--steps", type=int, default=800, help="optimizer steps per run, for every fraction")
+    p.add_argument("--warmup-steps", type=int, default=80)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--out", default="out/data_efficiency")
+    p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
+    for key in MODEL_FLAGS:
+        p.add_argument("--" + key.replace("_", "-"), dest=key, default=None,
+                       type=float if key == "lr" else int, help=f"override the recipe's {key}")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    values = load_yaml(args.config)
+    values.update({k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None})
+    base = validate(Config(**values))
+    fractions = [float(x) for x in args.fractions.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    models = args.models.split(",")
+    if any(m not in MODELS for m in models) or not all(0 < f <= 1 for f in fractions):
+        raise SystemExit(f"--models must be from {MODELS}; --fractions in (0, 1]")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        for name in ("results.csv", "locality.csv"):
+            (out / name).unlink(missing_ok=True)
+
+    train_data, _ = digits_split()
+    val_loader = build_loaders(dataclasses.replace(base, batch_size=120), need_train=False).val
+    val_images = torch.cat([x for x, _ in val_loader])
+    setting = (f"digits 16x16, patch {base.patch_size}, width {base.embed_dim}, {base.num_heads} heads, "
+               f"depth {base.depth} (ConViT: {base.local_up_to_layer} GPSA; DeiT twin: 0), "
+               f"{args.steps} steps x batch {base.batch_size}, AdamW lr "
+               f"{base.lr * base.batch_size / base.lr_base_batch:.0e}, cosine; val 360 images")
+    print(setting, flush=True)
+
+    done = {(r["model"], float(r["fraction"]), int(r["seed"])) for r in read_csv(out / "results.csv")}
+    # seeds outermost: an interrupted experiment still has every fraction for its first seeds
+    plan = [(m, f, s) for s in seeds for f in fractions for m in models
+            if (m, f, s) not in done]
+    start = time.perf_counter()
+    for i, (model, fraction, seed) in enumerate(plan, 1):
+        cfg = run_config(base, model, fraction, seed)
+        result, locality = train_run(cfg, args.steps, args.warmup_steps, train_data, val_loader, val_images)
+        key = {"model": model, "fraction": fraction, "seed": seed}
+        append_csv(out / "results.csv", [{**key, **result}], RESULT_FIELDS)
+        append_csv(out / "locality.csv", [{**key, **row} for row in locality], LOCALITY_FIELDS)
+        elapsed = time.perf_counter() - start
+        eta = elapsed / i * (len(plan) - i)
+        print(f"[{i:2d}/{len(plan)}] {model:6s} fraction {fraction:<4g} seed {seed}: "
+              f"{result['train_images']:4d} images, {args.steps} steps, val top-1 {result['val_acc1']:6.2f} "
+              f"(loss {result['val_loss']:.3f}), {result['seconds']:.0f}s | elapsed {elapsed / 60:.1f} min, "
+              f"ETA {eta / 60:.1f} min", flush=True)
+
+    results, locality = read_csv(out / "results.csv"), read_csv(out / "locality.csv")
+    init = init_locality(base, models, seeds, val_images)
+    write_csv(out / "locality_init.csv", init, INIT_FIELDS)
+    summary = summarize(results)
+    write_csv(out / "summary.csv", summary, list(summary[0]))
+    (out / "summary.md").write_text(summary_markdown(summary, locality, setting, init))
+    plot(summary, out, setting)
+    plot_locality(locality, out)
+    print((out / "summary.md").read_text(), flush=True)
+    print(f"wrote {out}/results.csv, locality.csv, locality_init.csv, summary.csv, summary.md, data_efficiency.png, locality.png",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
