@@ -8,11 +8,9 @@
 Writes OUTPUT_DIR/{config.yaml, log.jsonl, last.pth, best.pth}. `--resume auto` continues from last.pth.
 """
 import json
-import random
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -25,15 +23,8 @@ from convit.config import Config, ConfigError, error_line, parse_args, save_yaml
 from convit.data import DataError, build_loaders
 from convit.distributed import barrier, cleanup, init_distributed
 from convit.engine import (build_criterion, build_mixup, create_model, evaluate, model_kwargs,
-                           train_one_epoch)
+                           seed_everything, train_one_epoch)
 from convit.locality import epoch_locality
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (DataLoader workers derive their seeds from torch)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def resume_path(cfg: Config):

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -14,6 +16,13 @@ from .variants import VARIANTS
 
 _MODEL_KEYS = ("patch_size", "embed_dim", "num_heads", "depth", "mlp_ratio", "local_up_to_layer",
                "locality_strength")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (DataLoader workers derive their seeds from torch)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def model_kwargs(cfg: Config) -> dict:

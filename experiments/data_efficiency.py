@@ -25,7 +25,6 @@ import argparse
 import csv
 import dataclasses
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing it
 
 from convit.config import Config, load_yaml, validate  # noqa: E402
 from convit.data import DigitsDataset, build_loaders, class_balanced_subset, digits_split  # noqa: E402
-from convit.engine import create_model, evaluate, model_kwargs  # noqa: E402
+from convit.engine import create_model, evaluate, model_kwargs, seed_everything  # noqa: E402
 from convit.locality import gates, nonlocality  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "experiments" / "configs" / "data_efficiency.yaml"
@@ -163,12 +162,6 @@ def summary_markdown(summary: list[dict], locality: list[dict], setting: str, in
 
 
 # ---------------------------------------------------------------------------------------------- runs
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
 
 def run_config(base: Config, model: str, fraction: float, seed: int) -> Config:
     """The Config of one run: the base recipe, this fraction and seed, and no GPSA for the DeiT twin."""
