@@ -25,7 +25,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .attention import GPSA
+from .attention import GPSA, relative_offsets
 from .checkpoint import CheckpointError, model_from_checkpoint
 from .data import DataError, DigitsDataset, digits_split
 from .engine import create_model
@@ -120,10 +120,7 @@ def attention_maps(model: ConViT, images: torch.Tensor, batch_size: int = 32,
 
 def patch_distances(grid_size: Tuple[int, int]) -> torch.Tensor:
     """Euclidean distance between patches i and j in patch units, N x N, patches numbered row by row."""
-    rows, cols = grid_size
-    row = torch.arange(rows, dtype=torch.float32).repeat_interleave(cols)
-    col = torch.arange(cols, dtype=torch.float32).repeat(rows)
-    return torch.hypot(row[:, None] - row[None, :], col[:, None] - col[None, :])
+    return relative_offsets(grid_size, torch.device('cpu'))[..., 2].sqrt()
 
 
 def _nonlocality_from_maps(maps: Sequence[torch.Tensor], grid_size: Tuple[int, int]) -> torch.Tensor:

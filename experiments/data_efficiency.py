@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing it
 from convit.config import Config, load_yaml, validate  # noqa: E402
 from convit.data import DigitsDataset, build_loaders, class_balanced_subset, digits_split  # noqa: E402
 from convit.engine import create_model, evaluate, model_kwargs, seed_everything  # noqa: E402
-from convit.locality import gates, nonlocality  # noqa: E402
+from convit.locality import locality_report  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "experiments" / "configs" / "data_efficiency.yaml"
 MODELS = ("convit", "deit")
@@ -171,18 +171,12 @@ def run_config(base: Config, model: str, fraction: float, seed: int) -> Config:
     return validate(cfg)
 
 
-def locality_rows(model, val_images, local_up_to_layer: int) -> list[dict]:
+def locality_rows(model, val_images) -> list[dict]:
     """Non-locality of every block and head over the validation images, and the gate of GPSA heads."""
-    distance = nonlocality(model, val_images, batch_size=120)  # blocks x heads
-    gate = gates(model)  # GPSA blocks x heads
-    rows = []
-    for b in range(distance.shape[0]):
-        is_gpsa = b < local_up_to_layer
-        for h in range(distance.shape[1]):
-            rows.append({"block": b, "type": "GPSA" if is_gpsa else "MHSA", "head": h,
-                         "nonlocality": round(distance[b, h].item(), 4),
-                         "gate": round(gate[b, h].item(), 4) if is_gpsa else ""})
-    return rows
+    report = locality_report(model, val_images, batch_size=120)
+    return [{"block": block["block"], "type": block["type"], "head": h, "nonlocality": round(distance, 4),
+             "gate": round(block["gate"][h], 4) if block["gate"] is not None else ""}
+            for block in report["blocks"] for h, distance in enumerate(block["nonlocality"])]
 
 
 def init_locality(base: Config, models, seeds, val_images) -> list[dict]:
@@ -194,7 +188,7 @@ def init_locality(base: Config, models, seeds, val_images) -> list[dict]:
             seed_everything(seed)  # as in train_run: the same initial weights
             net = create_model(cfg.model, 10, **model_kwargs(cfg))
             rows += [{"model": model, "seed": seed, **r}
-                     for r in locality_rows(net, val_images, cfg.local_up_to_layer)]
+                     for r in locality_rows(net, val_images)]
     return rows
 
 
@@ -241,7 +235,7 @@ def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader
     val = evaluate(model, val_loader, torch.device("cpu"))
     seconds = time.perf_counter() - start
 
-    locality = locality_rows(model, val_images, cfg.local_up_to_layer)
+    locality = locality_rows(model, val_images)
     tail = losses[-max(1, min(20, steps // 10)):]
     result = {"train_images": len(subset), "steps": steps, "batch_size": cfg.batch_size,
               "val_acc1": round(val["val_acc1"], 3), "val_loss": round(val["val_loss"], 4),
