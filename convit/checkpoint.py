@@ -7,8 +7,10 @@ saves {"model": state_dict, ...}. All three share timm's parameter names.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -16,6 +18,9 @@ from pathlib import Path
 import torch
 
 FORMAT = "convit-train-v1"
+# The only non-tensor class that weights files we read may pickle: the original authors' (and
+# timm's train.py) checkpoints store their argparse.Namespace beside the weights.
+SAFE_GLOBALS = [argparse.Namespace]
 
 
 class CheckpointError(RuntimeError):
@@ -57,17 +62,24 @@ def read_checkpoint(path: str | Path) -> dict:
             raise CheckpointError(f"checkpoint '{path}' is corrupt or not a safetensors file ({e}); "
                                   "re-download or re-create it") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e) or "Unsupported global" not in str(e):
-            raise _corrupt(path, e) from None
-        # The original code pickles its argparse.Namespace beside the weights; trusted files only.
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e2:  # noqa: BLE001 - any failure here means an unreadable file
-            raise _corrupt(path, e2) from None
+        refused = _refused_global(e)
+        if refused:
+            raise CheckpointError(
+                f"checkpoint '{path}' holds code or objects other than weights ({refused}) and will not "
+                "be loaded; re-save only its state dict (torch.save(model.state_dict(), ...)) from a "
+                "source you trust") from None
+        raise _corrupt(path, e) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
         raise _corrupt(path, e) from None
+
+
+def _refused_global(e: Exception) -> str | None:
+    """The class or function torch's safe unpickler refused to import, or None for other damage."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(e))
+    return match.group(1) if match else None
 
 
 def _corrupt(path, e) -> CheckpointError:

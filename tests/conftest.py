@@ -65,6 +65,12 @@ def run_script(script: str, args, nproc: int = 1, check: bool = True, timeout: i
     return proc
 
 
+def run_module(module: str, args, timeout: int = 240):
+    """Run `python -m module args` in a real process (never raises on a non-zero exit)."""
+    cmd = [sys.executable, "-m", module, *[str(a) for a in args]]
+    return subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout)
+
+
 def read_log(out_dir: Path) -> list:
     return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
 

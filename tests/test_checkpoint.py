@@ -50,7 +50,7 @@ def test_missing_checkpoint(tmp_path):
 def test_foreign_formats_load_strictly(tmp_path, model):
     sd = model.state_dict()
     official = {"model": sd, "optimizer": {}, "epoch": 299, "args": argparse.Namespace(lr=5e-4)}
-    torch.save(official, tmp_path / "official.pth")  # pickles a Namespace: needs the fallback
+    torch.save(official, tmp_path / "official.pth")  # pickles a Namespace: the one allowed class
     torch.save(sd, tmp_path / "timm.pth")
     torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, tmp_path / "ddp.pth")
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "timm.safetensors"))
@@ -86,3 +86,19 @@ def test_ema_and_resume_checks(model):
     assert torch.equal(got["head.bias"], ema["head.bias"])
     with pytest.raises(CheckpointError, match="--resume needs a last.pth"):
         training_state({"model": model.state_dict()})
+
+
+def test_pickled_code_is_refused_without_running(tmp_path, model):
+    import os
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": model.state_dict(), "args": argparse.Namespace(), "x": Payload()}, path)
+    with pytest.raises(CheckpointError, match="holds code or objects other than weights") as err:
+        read_checkpoint(path)
+    assert "\n" not in str(err.value) and not marker.exists()

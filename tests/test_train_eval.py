@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from conftest import TINY_MODEL, make_image_folder, read_log, run_script
+from conftest import TINY_MODEL, make_image_folder, read_log, run_module, run_script
 from convit.checkpoint import FORMAT, CheckpointError, read_checkpoint
 
 TIMING = ("epoch_time_s", "train_images_per_s")
@@ -134,3 +134,32 @@ def test_eval_of_an_original_authors_checkpoint(folder, tmp_path):
     assert result["val_images"] == 21 and json.loads(out.read_text())["val_correct1"] == result["val_correct1"]
     with pytest.raises(CheckpointError, match="name its variant with --model"):
         eval_script.main(eval_script.parse_args(["--checkpoint", str(path), "--data-path", str(folder)]))
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file (as a hostile checkpoint would)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_by_every_entry_point(trained, tmp_path, folder):
+    marker = tmp_path / "payload_ran"
+    ckpt = torch.load(trained / "best.pth", weights_only=True)
+    evil = tmp_path / "best.pth"
+    torch.save({**ckpt, "extra": _Payload(marker)}, evil)  # a real best.pth plus a payload
+    runs = [
+        ("eval.py", ["--checkpoint", evil]),
+        ("train.py", ["--data-path", folder, *TINY_MODEL, "--epochs", "2", "--batch-size", "8",
+                      "--output-dir", tmp_path / "o", "--resume", evil]),
+    ]
+    for script, args in runs:
+        proc = run_script(script, args, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert "holds code or objects other than weights" in one_error_line(proc)
+    proc = run_module("convit.locality", ["--checkpoint", evil, "--out", tmp_path / "loc"])
+    assert proc.returncode != 0 and "holds code" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
