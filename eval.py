@@ -9,6 +9,7 @@
 Checkpoints: this repo's train.py, timm's (state dict, .pth or .safetensors), or the original
 authors' ({"model": state_dict}). Every validation image is counted once, whatever the world size.
 """
+
 import argparse
 import json
 import sys
@@ -28,8 +29,12 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", help="checkpoint file (ours, timm's or the original authors')")
     p.add_argument("--pretrained", action="store_true", help="timm's pretrained weights for --model")
     p.add_argument("--model", help="variant name; read from our checkpoints when omitted")
-    p.add_argument("--data", choices=["auto", "digits", "imagefolder"], default=None,
-                   help="dataset; default: the checkpoint's, or imagefolder when --data-path is given")
+    p.add_argument(
+        "--data",
+        choices=["auto", "digits", "imagefolder"],
+        default=None,
+        help="dataset; default: the checkpoint's, or imagefolder when --data-path is given",
+    )
     p.add_argument("--data-path", help="ImageFolder root holding val/")
     p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -48,15 +53,16 @@ def load_model(args):
     """(model, Config describing its input) from our checkpoint, a foreign one, or timm's weights."""
     if args.pretrained and not args.checkpoint:
         model = create_model(args.model, num_classes=1000, pretrained=True)
-        return model, Config(model=args.model, in_chans=3, img_size=model.patch_embed.img_size[0],
-                             data="imagefolder")
-    model, ckpt = model_from_checkpoint(args.checkpoint, args.model, use_ema=args.use_ema,
-                                        **({"img_size": args.img_size} if args.img_size else {}))
+        return model, Config(model=args.model, in_chans=3, img_size=model.patch_embed.img_size[0], data="imagefolder")
+    model, ckpt = model_from_checkpoint(
+        args.checkpoint, args.model, use_ema=args.use_ema, **({"img_size": args.img_size} if args.img_size else {})
+    )
     if ckpt.get("format") == FORMAT:
         cfg = from_dict(ckpt["config"])
     else:
-        cfg = Config(model=args.model, in_chans=model.in_chans, img_size=model.patch_embed.img_size[0],
-                     data="imagefolder")
+        cfg = Config(
+            model=args.model, in_chans=model.in_chans, img_size=model.patch_embed.img_size[0], data="imagefolder"
+        )
     return model, cfg
 
 
@@ -75,19 +81,28 @@ def main(args) -> dict:
     cfg.sampling_ratio = 1.0
     if args.img_size:
         cfg.img_size = args.img_size
-    loaders = build_loaders(cfg, dist.rank, dist.world_size, need_train=False,
-                            pin_memory=dist.device.type == "cuda")
+    loaders = build_loaders(cfg, dist.rank, dist.world_size, need_train=False, pin_memory=dist.device.type == "cuda")
     if loaders.num_classes != model.num_classes:
-        raise DataError(f"the model predicts {model.num_classes} classes but the data has "
-                        f"{loaders.num_classes}; evaluate on the dataset it was trained for")
+        raise DataError(
+            f"the model predicts {model.num_classes} classes but the data has "
+            f"{loaders.num_classes}; evaluate on the dataset it was trained for"
+        )
     amp_dtype = torch.bfloat16 if dist.device.type == "cuda" else None
     stats = evaluate(model, loaders.val, dist.device, amp_dtype)
-    results = {"model": cfg.model, "checkpoint": args.checkpoint, "pretrained": args.pretrained,
-               "data": cfg.data_path if cfg.data == "imagefolder" else "digits",
-               "world_size": dist.world_size, **stats}
+    results = {
+        "model": cfg.model,
+        "checkpoint": args.checkpoint,
+        "pretrained": args.pretrained,
+        "data": cfg.data_path if cfg.data == "imagefolder" else "digits",
+        "world_size": dist.world_size,
+        **stats,
+    }
     if dist.is_main:
-        print(f"{cfg.model}: top-1 {stats['val_acc1']:.2f}%  top-5 {stats['val_acc5']:.2f}%  "
-              f"loss {stats['val_loss']:.4f}  ({stats['val_images']} images)", flush=True)
+        print(
+            f"{cfg.model}: top-1 {stats['val_acc1']:.2f}%  top-5 {stats['val_acc5']:.2f}%  "
+            f"loss {stats['val_loss']:.4f}  ({stats['val_images']} images)",
+            flush=True,
+        )
         if args.output:
             Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     cleanup()

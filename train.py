@@ -7,6 +7,7 @@
 
 Writes OUTPUT_DIR/{config.yaml, log.jsonl, last.pth, best.pth}. `--resume auto` continues from last.pth.
 """
+
 import json
 import sys
 from pathlib import Path
@@ -17,13 +18,19 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler
 from torch.nn.parallel import DistributedDataParallel
 
-from convit.checkpoint import (FORMAT, CheckpointError, load_weights, read_checkpoint,
-                               save_checkpoint, training_state)
+from convit.checkpoint import FORMAT, CheckpointError, load_weights, read_checkpoint, save_checkpoint, training_state
 from convit.config import Config, ConfigError, error_line, parse_args, save_yaml, to_dict
 from convit.data import DataError, build_loaders
 from convit.distributed import barrier, cleanup, init_distributed
-from convit.engine import (build_criterion, build_mixup, create_model, evaluate, model_kwargs,
-                           seed_everything, train_one_epoch)
+from convit.engine import (
+    build_criterion,
+    build_mixup,
+    create_model,
+    evaluate,
+    model_kwargs,
+    seed_everything,
+    train_one_epoch,
+)
 from convit.locality import epoch_locality
 
 
@@ -58,11 +65,16 @@ def main(cfg: Config) -> None:
     model = create_model(cfg.model, loaders.num_classes, **kwargs).to(device)
     global_batch = cfg.batch_size * dist.world_size
     lr = cfg.lr * global_batch / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum)
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=cfg.epochs,
-                                       warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
-                                       min_lr=cfg.min_lr, step_on_epochs=True)
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched,
+        num_epochs=cfg.epochs,
+        warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr,
+        step_on_epochs=True,
+    )
     loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
 
     # resume: weights, optimizer, schedule, scaler, EMA and epoch (the sampler is seeded by epoch)
@@ -85,8 +97,7 @@ def main(cfg: Config) -> None:
 
     ddp_model = model
     if dist.distributed:
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+        ddp_model = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     mixup_fn = build_mixup(cfg, loaders.num_classes)
     criterion = build_criterion(cfg, mixup_active=mixup_fn is not None)
 
@@ -97,9 +108,11 @@ def main(cfg: Config) -> None:
         save_yaml(cfg, out / "config.yaml")
         log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
         n_params = sum(p.numel() for p in model.parameters())
-        print(f"{cfg.model} ({n_params / 1e6:.2f}M params), {len(loaders.train.dataset)} train images, "
-              f"{dist.world_size} process(es) on {device.type}, global batch {global_batch}, lr {lr:.2e}",
-              flush=True)
+        print(
+            f"{cfg.model} ({n_params / 1e6:.2f}M params), {len(loaders.train.dataset)} train images, "
+            f"{dist.world_size} process(es) on {device.type}, global batch {global_batch}, lr {lr:.2e}",
+            flush=True,
+        )
 
     # a fixed batch of validation images on which rank 0 logs non-locality and gates every epoch
     locality_images = None
@@ -113,14 +126,30 @@ def main(cfg: Config) -> None:
         loaders.train.sampler.set_epoch(epoch)
         seed_everything(cfg.seed + 100_003 * (epoch + 1) + dist.rank)
         train_stats = train_one_epoch(
-            ddp_model, loaders.train, optimizer, criterion, device, epoch, scheduler=scheduler,
-            mixup_fn=mixup_fn, amp_dtype=amp_dtype, loss_scaler=loss_scaler, clip_grad=cfg.clip_grad,
-            ema=ema, num_updates=num_updates, world_size=dist.world_size,
-            progress=cfg.progress and dist.is_main)
+            ddp_model,
+            loaders.train,
+            optimizer,
+            criterion,
+            device,
+            epoch,
+            scheduler=scheduler,
+            mixup_fn=mixup_fn,
+            amp_dtype=amp_dtype,
+            loss_scaler=loss_scaler,
+            clip_grad=cfg.clip_grad,
+            ema=ema,
+            num_updates=num_updates,
+            world_size=dist.world_size,
+            progress=cfg.progress and dist.is_main,
+        )
         num_updates = train_stats["num_updates"]
         val_stats = evaluate(model, loaders.val, device, amp_dtype)
-        row = {"epoch": epoch, "lr": train_stats["lr"], "train_loss": train_stats["train_loss"],
-               **{k: val_stats[k] for k in ("val_loss", "val_acc1", "val_acc5", "val_images")}}
+        row = {
+            "epoch": epoch,
+            "lr": train_stats["lr"],
+            "train_loss": train_stats["train_loss"],
+            **{k: val_stats[k] for k in ("val_loss", "val_acc1", "val_acc5", "val_images")},
+        }
         if locality_images is not None:
             row["locality"] = epoch_locality(model, locality_images)
         if ema is not None:
@@ -132,24 +161,40 @@ def main(cfg: Config) -> None:
         best_acc1 = max(best_acc1, row["val_acc1"])
 
         if dist.is_main:
-            weights = {"format": FORMAT, "model_name": cfg.model, "model_kwargs": kwargs,
-                       "num_classes": loaders.num_classes, "config": to_dict(cfg),
-                       "model": model.state_dict(), "epoch": epoch, "val_acc1": row["val_acc1"],
-                       "best_acc1": best_acc1,
-                       "model_ema": ema.module.state_dict() if ema is not None else None}
-            save_checkpoint({**weights, "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                             "scaler": loss_scaler.state_dict() if loss_scaler is not None else None,
-                             "sampler": {"epoch": epoch + 1}, "num_updates": num_updates},
-                            out / "last.pth")
+            weights = {
+                "format": FORMAT,
+                "model_name": cfg.model,
+                "model_kwargs": kwargs,
+                "num_classes": loaders.num_classes,
+                "config": to_dict(cfg),
+                "model": model.state_dict(),
+                "epoch": epoch,
+                "val_acc1": row["val_acc1"],
+                "best_acc1": best_acc1,
+                "model_ema": ema.module.state_dict() if ema is not None else None,
+            }
+            save_checkpoint(
+                {
+                    **weights,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": loss_scaler.state_dict() if loss_scaler is not None else None,
+                    "sampler": {"epoch": epoch + 1},
+                    "num_updates": num_updates,
+                },
+                out / "last.pth",
+            )
             if is_best:
                 save_checkpoint(weights, out / "best.pth")
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"epoch {epoch + 1}/{cfg.epochs}  lr {row['lr']:.2e}  train_loss {row['train_loss']:.4f}  "
-                  f"val_loss {row['val_loss']:.4f}  val_acc1 {row['val_acc1']:.2f}  "
-                  f"val_acc5 {row['val_acc5']:.2f}  {row['epoch_time_s']:.1f}s  "
-                  f"{row['train_images_per_s']:.0f} img/s", flush=True)
+            print(
+                f"epoch {epoch + 1}/{cfg.epochs}  lr {row['lr']:.2e}  train_loss {row['train_loss']:.4f}  "
+                f"val_loss {row['val_loss']:.4f}  val_acc1 {row['val_acc1']:.2f}  "
+                f"val_acc5 {row['val_acc5']:.2f}  {row['epoch_time_s']:.1f}s  "
+                f"{row['train_images_per_s']:.0f} img/s",
+                flush=True,
+            )
         barrier()
     if dist.is_main:
         print(f"best val_acc1 {best_acc1:.2f}; checkpoints in {out}/", flush=True)

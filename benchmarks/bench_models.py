@@ -6,6 +6,7 @@ training step. CPU fp32 by default; on CUDA, bf16 autocast and ``torch.cuda.max_
 
     python benchmarks/bench_models.py --model convit_tiny --batch 16 --img-size 224 --json out/bench.json
 """
+
 import argparse
 import json
 import os
@@ -13,32 +14,43 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable, Dict
 
+import timm
 import torch
 import torch.nn.functional as F
-import timm
 from timm.models.convit import ConVit as TimmConVit
 from timm.models.vision_transformer import VisionTransformer
 
 import convit  # noqa: F401  (registers our models)
 
 
-def build_models(name: str, img_size: int, device: torch.device) -> Dict[str, torch.nn.Module]:
+def build_models(name: str, img_size: int, device: torch.device) -> dict[str, torch.nn.Module]:
     """Ours, timm's ConVit with our weights, and a ViT of the same width and depth (qkv_bias off)."""
     ours = timm.create_model(name, img_size=img_size)
     heads = ours.num_heads
-    reference = TimmConVit(img_size=img_size, embed_dim=ours.embed_dim // heads, num_heads=heads,
-                           depth=len(ours.blocks), local_up_to_layer=ours.local_up_to_layer)
+    reference = TimmConVit(
+        img_size=img_size,
+        embed_dim=ours.embed_dim // heads,
+        num_heads=heads,
+        depth=len(ours.blocks),
+        local_up_to_layer=ours.local_up_to_layer,
+    )
     reference.load_state_dict(ours.state_dict())
-    vit = VisionTransformer(img_size=img_size, patch_size=16, embed_dim=ours.embed_dim, depth=len(ours.blocks),
-                            num_heads=heads, qkv_bias=False)
-    return {'ours': ours.to(device), 'timm_convit': reference.to(device), 'vit': vit.to(device)}
+    vit = VisionTransformer(
+        img_size=img_size,
+        patch_size=16,
+        embed_dim=ours.embed_dim,
+        depth=len(ours.blocks),
+        num_heads=heads,
+        qkv_bias=False,
+    )
+    return {"ours": ours.to(device), "timm_convit": reference.to(device), "vit": vit.to(device)}
 
 
 def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
@@ -47,7 +59,7 @@ def make_steps(model: torch.nn.Module, batch: int, img_size: int, device: torch.
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     labels = torch.randint(0, 1000, (batch,), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
     def infer():
         model.eval()
@@ -66,16 +78,16 @@ def make_steps(model: torch.nn.Module, batch: int, img_size: int, device: torch.
 
 
 def _rss_bytes() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _high_water_bytes() -> int:
-    with open('/proc/self/status') as f:
+    with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith('VmHWM:'):
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError('no VmHWM in /proc/self/status')
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def peak_train_memory(name: str, model_key: str, batch: int, img_size: int, device: torch.device) -> int:
@@ -85,7 +97,7 @@ def peak_train_memory(name: str, model_key: str, batch: int, img_size: int, devi
     on, the parent's OpenMP threads): the resident-set high-water mark, reset through
     /proc/self/clear_refs after a warm-up step, minus the resident set before the model was built.
     """
-    if device.type == 'cuda':
+    if device.type == "cuda":
         model = build_models(name, img_size, device)[model_key]
         _, train = make_steps(model, batch, img_size, device)
         train()
@@ -94,18 +106,32 @@ def peak_train_memory(name: str, model_key: str, batch: int, img_size: int, devi
         train()
         return torch.cuda.max_memory_allocated(device)
     done = subprocess.run(
-        [sys.executable, __file__, '--model', name, '--batch', str(batch), '--img-size', str(img_size),
-         '--memory-child', model_key], capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            __file__,
+            "--model",
+            name,
+            "--batch",
+            str(batch),
+            "--img-size",
+            str(img_size),
+            "--memory-child",
+            model_key,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(done.stdout.strip().splitlines()[-1])
 
 
 def _memory_child(name: str, model_key: str, batch: int, img_size: int) -> int:
     base = _rss_bytes()
-    model = build_models(name, img_size, torch.device('cpu'))[model_key]
-    _, train = make_steps(model, batch, img_size, torch.device('cpu'))
+    model = build_models(name, img_size, torch.device("cpu"))[model_key]
+    _, train = make_steps(model, batch, img_size, torch.device("cpu"))
     train()
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')  # resets VmHWM to the current resident set
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident set
     train()
     return _high_water_bytes() - base
 
@@ -124,13 +150,13 @@ def saved_activation_bytes(model: torch.nn.Module, batch: int, img_size: int, de
         return tensor
 
     model.train()
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else nullcontext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast:
         model(images)
     return sum(storages.values())
 
 
-def time_interleaved(steps: Dict[str, Callable], repeats: int, device: torch.device) -> Dict[str, float]:
+def time_interleaved(steps: dict[str, Callable], repeats: int, device: torch.device) -> dict[str, float]:
     """Median seconds of each step, the models taking turns inside every repeat."""
     times = {key: [] for key in steps}
     for _ in range(repeats):
@@ -143,7 +169,7 @@ def time_interleaved(steps: Dict[str, Callable], repeats: int, device: torch.dev
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def run(name: str, batch: int, img_size: int, repeats: int, warmup: int, device: torch.device, memory: bool) -> Dict:
+def run(name: str, batch: int, img_size: int, repeats: int, warmup: int, device: torch.device, memory: bool) -> dict:
     """Measure the three models; returns a JSON-ready dict of figures and ratios."""
     torch.manual_seed(0)
     models = build_models(name, img_size, device)
@@ -157,71 +183,96 @@ def run(name: str, batch: int, img_size: int, repeats: int, warmup: int, device:
     infer_s = time_interleaved(infer, repeats, device)
     train_s = time_interleaved(train, repeats, device)
     result = {
-        'model': name, 'batch': batch, 'img_size': img_size, 'repeats': repeats, 'device': str(device),
-        'dtype': 'bf16 autocast' if device.type == 'cuda' else 'fp32', 'threads': torch.get_num_threads(),
-        'torch': torch.__version__, 'timm': timm.__version__,
-        'inference_images_per_s': {k: batch / v for k, v in infer_s.items()},
-        'train_images_per_s': {k: batch / v for k, v in train_s.items()},
+        "model": name,
+        "batch": batch,
+        "img_size": img_size,
+        "repeats": repeats,
+        "device": str(device),
+        "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "inference_images_per_s": {k: batch / v for k, v in infer_s.items()},
+        "train_images_per_s": {k: batch / v for k, v in train_s.items()},
     }
-    result['saved_activations_mib'] = {
-        k: saved_activation_bytes(m, batch, img_size, device) / 2 ** 20 for k, m in models.items()}
+    result["saved_activations_mib"] = {
+        k: saved_activation_bytes(m, batch, img_size, device) / 2**20 for k, m in models.items()
+    }
     if memory:
-        result['train_peak_memory_mib'] = {
-            k: peak_train_memory(name, k, batch, img_size, device) / 2 ** 20 for k in models}
+        result["train_peak_memory_mib"] = {
+            k: peak_train_memory(name, k, batch, img_size, device) / 2**20 for k in models
+        }
     ratios = {}
-    for figure in ('inference_images_per_s', 'train_images_per_s', 'train_peak_memory_mib', 'saved_activations_mib'):
+    for figure in ("inference_images_per_s", "train_images_per_s", "train_peak_memory_mib", "saved_activations_mib"):
         if figure in result:
             values = result[figure]
-            ratios[figure] = {'ours/vit': values['ours'] / values['vit'],
-                              'ours/timm_convit': values['ours'] / values['timm_convit'],
-                              'timm_convit/vit': values['timm_convit'] / values['vit']}
-    result['ratios'] = ratios
+            ratios[figure] = {
+                "ours/vit": values["ours"] / values["vit"],
+                "ours/timm_convit": values["ours"] / values["timm_convit"],
+                "timm_convit/vit": values["timm_convit"] / values["vit"],
+            }
+    result["ratios"] = ratios
     return result
 
 
-def format_table(result: Dict) -> str:
+def format_table(result: dict) -> str:
     """Markdown table of the figures and their ratios."""
-    lines = [f"{result['model']}, batch {result['batch']}, {result['img_size']}px, {result['device']} "
-             f"{result['dtype']}, {result['threads']} threads, median of {result['repeats']}",
-             '', '| figure | ours | timm ConVit | same-width ViT | ours/ViT | ours/timm | timm/ViT |',
-             '|---|---|---|---|---|---|---|']
-    for figure, label in (('inference_images_per_s', 'inference img/s'), ('train_images_per_s', 'train-step img/s'),
-                          ('train_peak_memory_mib', 'train-step peak MiB'),
-                          ('saved_activations_mib', 'activations saved for backward, MiB')):
+    lines = [
+        f"{result['model']}, batch {result['batch']}, {result['img_size']}px, {result['device']} "
+        f"{result['dtype']}, {result['threads']} threads, median of {result['repeats']}",
+        "",
+        "| figure | ours | timm ConVit | same-width ViT | ours/ViT | ours/timm | timm/ViT |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for figure, label in (
+        ("inference_images_per_s", "inference img/s"),
+        ("train_images_per_s", "train-step img/s"),
+        ("train_peak_memory_mib", "train-step peak MiB"),
+        ("saved_activations_mib", "activations saved for backward, MiB"),
+    ):
         if figure not in result:
             continue
-        v, r = result[figure], result['ratios'][figure]
-        lines.append(f"| {label} | {v['ours']:.1f} | {v['timm_convit']:.1f} | {v['vit']:.1f} | "
-                     f"{r['ours/vit']:.2f} | {r['ours/timm_convit']:.2f} | {r['timm_convit/vit']:.2f} |")
-    return '\n'.join(lines)
+        v, r = result[figure], result["ratios"][figure]
+        lines.append(
+            f"| {label} | {v['ours']:.1f} | {v['timm_convit']:.1f} | {v['vit']:.1f} | "
+            f"{r['ours/vit']:.2f} | {r['ours/timm_convit']:.2f} | {r['timm_convit/vit']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', default='convit_tiny', choices=sorted(convit.VARIANTS))
-    parser.add_argument('--batch', type=int, default=16)
-    parser.add_argument('--img-size', type=int, default=224)
-    parser.add_argument('--repeats', type=int, default=7)
-    parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory measurement')
-    parser.add_argument('--json', default=None, help='write the figures to this JSON file')
-    parser.add_argument('--memory-child', default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="convit_tiny", choices=sorted(convit.VARIANTS))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         print(_memory_child(args.model, args.memory_child, args.batch, args.img_size))
         return
     if args.img_size % 16:
-        parser.error(f'--img-size {args.img_size} is not a multiple of the patch size 16')
-    result = run(args.model, args.batch, args.img_size, args.repeats, args.warmup, torch.device(args.device),
-                 memory=not args.no_memory)
+        parser.error(f"--img-size {args.img_size} is not a multiple of the patch size 16")
+    result = run(
+        args.model,
+        args.batch,
+        args.img_size,
+        args.repeats,
+        args.warmup,
+        torch.device(args.device),
+        memory=not args.no_memory,
+    )
     print(format_table(result))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
+        with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-        print(f'wrote {args.json}', file=sys.stderr)
+        print(f"wrote {args.json}", file=sys.stderr)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -14,16 +14,14 @@ the Kronecker product ``P_rows (x) P_cols`` of two small matrices per head. The 
 two small matmuls over every image at once and never forms an N x N matrix; the content term goes
 through ``F.scaled_dot_product_attention``. The reference path computes the formula literally.
 """
-from typing import Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.layers import register_notrace_module
+from torch import nn
 
 
-
-def relative_offsets(grid_size: Tuple[int, int], device: torch.device) -> torch.Tensor:
+def relative_offsets(grid_size: tuple[int, int], device: torch.device) -> torch.Tensor:
     """Offsets ``(dx, dy, dx^2 + dy^2)`` from each query patch to each key patch, shape N x N x 3.
 
     Patches are numbered row by row; dx is the column offset, dy the row offset (key minus query),
@@ -34,7 +32,7 @@ def relative_offsets(grid_size: Tuple[int, int], device: torch.device) -> torch.
     col = torch.arange(cols, device=device).repeat(rows)
     dx = (col[None, :] - col[:, None]).float()
     dy = (row[None, :] - row[:, None]).float()
-    return torch.stack((dx, dy, dx ** 2 + dy ** 2), dim=-1)
+    return torch.stack((dx, dy, dx**2 + dy**2), dim=-1)
 
 
 def _axis_offsets(length: int, device: torch.device) -> torch.Tensor:
@@ -53,14 +51,14 @@ class GPSA(nn.Module):
     """Gated positional self-attention over patch tokens laid out on a ``grid_size`` grid."""
 
     def __init__(
-            self,
-            dim: int,
-            num_heads: int = 8,
-            qkv_bias: bool = False,
-            attn_drop: float = 0.,
-            proj_drop: float = 0.,
-            locality_strength: float = 1.,
-            fused_attn: bool = True,
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        locality_strength: float = 1.0,
+        fused_attn: bool = True,
     ):
         super().__init__()
         if dim % num_heads != 0:
@@ -68,7 +66,7 @@ class GPSA(nn.Module):
         self.num_heads = num_heads
         self.dim = dim
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.locality_strength = locality_strength
         self.fused_attn = fused_attn
 
@@ -89,17 +87,17 @@ class GPSA(nn.Module):
         random init (only when ``num_heads`` is not a perfect square).
         """
         self.v.weight.copy_(torch.eye(self.dim))
-        kernel = int(self.num_heads ** .5)
+        kernel = int(self.num_heads**0.5)
         center = (kernel - 1) / 2
         for h1 in range(kernel):
             for h2 in range(kernel):
                 head = h1 + kernel * h2
-                self.pos_proj.weight[head] = torch.tensor([2. * (h2 - center), 2. * (h1 - center), -1.])
+                self.pos_proj.weight[head] = torch.tensor([2.0 * (h2 - center), 2.0 * (h1 - center), -1.0])
         self.pos_proj.weight.mul_(self.locality_strength)
 
     def kernel_offsets(self) -> torch.Tensor:
         """Offset (dx, dy) each head attends to most right after ``local_init``, shape H x 2."""
-        kernel = int(self.num_heads ** .5)
+        kernel = int(self.num_heads**0.5)
         center = (kernel - 1) / 2
         heads = torch.arange(kernel * kernel)
         return torch.stack(((heads // kernel) - center, (heads % kernel) - center), dim=-1)
@@ -108,13 +106,13 @@ class GPSA(nn.Module):
         """sigmoid(lambda) per head: the weight of the positional attention."""
         return torch.sigmoid(self.gating_param)
 
-    def positional_attention(self, grid_size: Tuple[int, int]) -> torch.Tensor:
+    def positional_attention(self, grid_size: tuple[int, int]) -> torch.Tensor:
         """The image-independent positional attention softmax(r . w_h), shape H x N x N."""
         rel = relative_offsets(grid_size, self.pos_proj.weight.device)
         score = F.linear(rel, self.pos_proj.weight.float(), self.pos_proj.bias.float())
         return score.permute(2, 0, 1).softmax(dim=-1)
 
-    def _separable_positional(self, grid_size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _separable_positional(self, grid_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and column factors of the positional attention: H x rows x rows and H x cols x cols.
 
         score(dx, dy) = (w0 dx + w2 dx^2 + b) + (w1 dy + w2 dy^2). The bias cancels in the softmax; it is
@@ -124,11 +122,11 @@ class GPSA(nn.Module):
         weight, bias = self.pos_proj.weight.float(), self.pos_proj.bias.float()
         dx = _axis_offsets(cols, weight.device)
         dy = _axis_offsets(rows, weight.device)
-        col_score = weight[:, 0, None, None] * dx + weight[:, 2, None, None] * dx ** 2 + bias[:, None, None]
-        row_score = weight[:, 1, None, None] * dy + weight[:, 2, None, None] * dy ** 2
+        col_score = weight[:, 0, None, None] * dx + weight[:, 2, None, None] * dx**2 + bias[:, None, None]
+        row_score = weight[:, 1, None, None] * dy + weight[:, 2, None, None] * dy**2
         return _flush_tiny(row_score.softmax(dim=-1)), _flush_tiny(col_score.softmax(dim=-1))
 
-    def attention_probs(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+    def attention_probs(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         """The full gated attention matrix for input ``x`` (B x N x C), shape B x H x N x N.
 
         This is what the layer applies to V (both paths); used by the reference path and by analysis.
@@ -138,14 +136,14 @@ class GPSA(nn.Module):
         content = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
         positional = self.positional_attention(grid_size).to(content.dtype)
         gate = self.gate().view(1, -1, 1, 1).to(content.dtype)
-        attn = (1. - gate) * content + gate * positional
+        attn = (1.0 - gate) * content + gate * positional
         return attn / attn.sum(dim=-1, keepdim=True)
 
-    def forward(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
         if grid_size[0] * grid_size[1] != N:
             raise ValueError(f"GPSA got {N} tokens for a {grid_size[0]}x{grid_size[1]} patch grid")
-        if self.fused_attn and not (self.training and self.attn_drop.p > 0.):
+        if self.fused_attn and not (self.training and self.attn_drop.p > 0.0):
             x = self._forward_fast(x, grid_size)
         else:
             x = self._forward_reference(x, grid_size)
@@ -153,13 +151,13 @@ class GPSA(nn.Module):
         x = self.proj_drop(x)
         return x
 
-    def _forward_reference(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+    def _forward_reference(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
         attn = self.attn_drop(self.attention_probs(x, grid_size))
         v = self.v(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         return (attn @ v).transpose(1, 2).reshape(B, N, C)
 
-    def _forward_fast(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+    def _forward_fast(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
         rows, cols = grid_size
         H, d = self.num_heads, self.head_dim
@@ -175,9 +173,9 @@ class GPSA(nn.Module):
         p_rows, p_cols = self._separable_positional(grid_size)
         p_cols = (p_cols * gate.view(H, 1, 1)).to(v.dtype)  # folds the gate into the positional term
         # (gate_h * positional_h) @ v_h, positional_h = p_rows_h (x) p_cols_h, on v's (rows, cols) grid
-        pos = torch.einsum('hcj,brjhd->brchd', p_cols, v.reshape(B, rows, cols, H, d))
-        pos = torch.einsum('hri,bichd->brchd', p_rows.to(v.dtype), pos).reshape(B, N, H, d)
-        out = torch.addcmul(pos, content.transpose(1, 2), (1. - gate).to(v.dtype).view(1, 1, H, 1))
+        pos = torch.einsum("hcj,brjhd->brchd", p_cols, v.reshape(B, rows, cols, H, d))
+        pos = torch.einsum("hri,bichd->brchd", p_rows.to(v.dtype), pos).reshape(B, N, H, d)
+        out = torch.addcmul(pos, content.transpose(1, 2), (1.0 - gate).to(v.dtype).view(1, 1, H, 1))
         return out.reshape(B, N, C)
 
 
@@ -186,41 +184,41 @@ class MHSA(nn.Module):
     """Multi-head self-attention (the blocks after the class token joins)."""
 
     def __init__(
-            self,
-            dim: int,
-            num_heads: int = 8,
-            qkv_bias: bool = False,
-            attn_drop: float = 0.,
-            proj_drop: float = 0.,
-            fused_attn: bool = True,
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        fused_attn: bool = True,
     ):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"MHSA width {dim} is not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.fused_attn = fused_attn
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
-    def attention_probs(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+    def attention_probs(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) for input ``x`` (B x N x C), shape B x H x N x N."""
         q, k, _ = self._qkv(x)
         return ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
 
-    def forward(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self._qkv(x)
         if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.)
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
             attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
             x = self.attn_drop(attn) @ v

@@ -5,6 +5,7 @@ Ours is a dict: {"format": FORMAT, "model_name", "model_kwargs", "config", "mode
 timm's are plain state dicts (`.pth`/`.bin` or `.safetensors`); the original ConViT/DeiT code
 saves {"model": state_dict, ...}. All three share timm's parameter names.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,9 @@ def read_checkpoint(path: str | Path) -> dict:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"checkpoint '{path}' is corrupt or not a safetensors file ({e}); "
-                                  "re-download or re-create it") from None
+            raise CheckpointError(
+                f"checkpoint '{path}' is corrupt or not a safetensors file ({e}); re-download or re-create it"
+            ) from None
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -70,7 +72,8 @@ def read_checkpoint(path: str | Path) -> dict:
             raise CheckpointError(
                 f"checkpoint '{path}' holds code or objects other than weights ({refused}) and will not "
                 "be loaded; re-save only its state dict (torch.save(model.state_dict(), ...)) from a "
-                "source you trust") from None
+                "source you trust"
+            ) from None
         raise _corrupt(path, e) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
         raise _corrupt(path, e) from None
@@ -84,8 +87,10 @@ def _refused_global(e: Exception) -> str | None:
 
 def _corrupt(path, e) -> CheckpointError:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({first[:120]}); "
-                           "use another checkpoint, e.g. last.pth instead of best.pth")
+    return CheckpointError(
+        f"checkpoint '{path}' is corrupt or truncated ({first[:120]}); "
+        "use another checkpoint, e.g. last.pth instead of best.pth"
+    )
 
 
 def extract_state_dict(ckpt: dict, use_ema: bool = False) -> dict:
@@ -108,18 +113,23 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkp
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         missing, unexpected = _diff(model.state_dict(), state_dict)
-        detail = (f"missing {missing[:3]}, unexpected {unexpected[:3]}" if missing or unexpected
-                  else str(e).strip().splitlines()[-1].strip()[:200])
-        raise CheckpointError(f"{source} does not fit the model ({detail}); "
-                              "build the model the checkpoint was trained with") from None
+        detail = (
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+            if missing or unexpected
+            else str(e).strip().splitlines()[-1].strip()[:200]
+        )
+        raise CheckpointError(
+            f"{source} does not fit the model ({detail}); build the model the checkpoint was trained with"
+        ) from None
 
 
 def _diff(expected: dict, got: dict):
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
 
 
-def model_from_checkpoint(path: str | Path, name: str | None = None, use_ema: bool = False,
-                          **overrides) -> tuple[torch.nn.Module, dict]:
+def model_from_checkpoint(
+    path: str | Path, name: str | None = None, use_ema: bool = False, **overrides
+) -> tuple[torch.nn.Module, dict]:
     """(model holding the checkpoint's weights, the checkpoint) for ours, timm's or the authors' files.
 
     Ours name their model and its arguments; for the others pass `name` (the variant); the number of
@@ -134,11 +144,17 @@ def model_from_checkpoint(path: str | Path, name: str | None = None, use_ema: bo
         model = create_model(name or ckpt["model_name"], ckpt["num_classes"], **{**kwargs, **overrides})
     else:
         if not name:
-            raise CheckpointError(f"'{path}' is not from train.py; name its variant with --model, e.g. --model convit_small")
+            raise CheckpointError(
+                f"'{path}' is not from train.py; name its variant with --model, e.g. --model convit_small"
+            )
         if "head.weight" not in state_dict or "patch_embed.proj.weight" not in state_dict:
             raise CheckpointError(f"'{path}' holds no ConViT weights (no head/patch_embed)")
-        model = create_model(name, state_dict["head.weight"].shape[0],
-                             in_chans=state_dict["patch_embed.proj.weight"].shape[1], **overrides)
+        model = create_model(
+            name,
+            state_dict["head.weight"].shape[0],
+            in_chans=state_dict["patch_embed.proj.weight"].shape[1],
+            **overrides,
+        )
     load_weights(model, state_dict, f"checkpoint '{path}'")
     return model, ckpt
 
@@ -146,6 +162,7 @@ def model_from_checkpoint(path: str | Path, name: str | None = None, use_ema: bo
 def training_state(ckpt: dict) -> dict:
     """Our `last.pth` contents, checked to be a resumable checkpoint."""
     if ckpt.get("format") != FORMAT or "optimizer" not in ckpt:
-        raise CheckpointError("--resume needs a last.pth written by this train.py "
-                              "(other checkpoints hold weights only)")
+        raise CheckpointError(
+            "--resume needs a last.pth written by this train.py (other checkpoints hold weights only)"
+        )
     return ckpt

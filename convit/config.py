@@ -4,14 +4,15 @@ The defaults are the digits demo (``python train.py`` with no arguments). A reci
 ``configs/*.yaml`` sets any subset of the keys; ``--some-key value`` on the command line
 overrides both. Any key that is not a field below is an error, in YAML or on the command line.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -24,20 +25,20 @@ class ConfigError(ValueError):
 class Config:
     # data
     data: str = "auto"  # "digits", "imagefolder", or "auto" (imagefolder when data_path is set)
-    data_path: Optional[str] = None  # ImageFolder root holding train/ and val/
+    data_path: str | None = None  # ImageFolder root holding train/ and val/
     sampling_ratio: float = 1.0  # keep this class-balanced fraction of the training images
     num_workers: int = 0
     # model (None: the variant's own value)
     model: str = "convit_tiny"
     img_size: int = 16
-    patch_size: Optional[int] = 4
+    patch_size: int | None = 4
     in_chans: int = 1
-    embed_dim: Optional[int] = 96  # total width (all heads together)
-    num_heads: Optional[int] = 4
-    depth: Optional[int] = 6
-    mlp_ratio: Optional[float] = None
-    local_up_to_layer: Optional[int] = 4
-    locality_strength: Optional[float] = None
+    embed_dim: int | None = 96  # total width (all heads together)
+    num_heads: int | None = 4
+    depth: int | None = 6
+    mlp_ratio: float | None = None
+    local_up_to_layer: int | None = 4
+    locality_strength: float | None = None
     local_init: bool = True
     drop: float = 0.0
     drop_path: float = 0.0
@@ -49,13 +50,13 @@ class Config:
     lr_base_batch: int = 512  # 0 disables the linear scaling
     weight_decay: float = 0.05
     momentum: float = 0.9
-    clip_grad: Optional[float] = None
+    clip_grad: float | None = None
     sched: str = "cosine"
     warmup_epochs: int = 2
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     # augmentation and regularisation (ImageFolder data; digits use only mixup/cutmix/smoothing)
-    aa: Optional[str] = None  # e.g. rand-m9-mstd0.5-inc1
+    aa: str | None = None  # e.g. rand-m9-mstd0.5-inc1
     color_jitter: float = 0.4
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -80,7 +81,7 @@ class Config:
     amp: bool = True  # autocast on CUDA (fp32 on CPU, always)
     amp_dtype: str = "bfloat16"  # or "float16", which adds a gradient scaler
     output_dir: str = "out"
-    resume: Optional[str] = None  # a checkpoint path, or "auto" for OUTPUT_DIR/last.pth if present
+    resume: str | None = None  # a checkpoint path, or "auto" for OUTPUT_DIR/last.pth if present
     stop_after: int = 0  # end this invocation after this many epochs (0: run to `epochs`)
     progress: bool = True
     locality_images: int = 64  # validation images whose non-locality and gates go into each epoch's log (0: off)
@@ -93,7 +94,7 @@ _HINTS = typing.get_type_hints(Config)
 def _base_type(name: str):
     hint = _HINTS[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is typing.Union and len(args) == 1:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
         return args[0]
     return hint
 
@@ -167,8 +168,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--config", default=None, help="YAML recipe (see configs/)")
     for name in FIELDS:
         # nargs="?" lets a boolean be given as a bare flag: --model-ema
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                            nargs="?", const="true")
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, nargs="?", const="true"
+        )
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         flag = next((u for u in unknown if u.startswith("--")), unknown[0])

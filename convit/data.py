@@ -4,6 +4,7 @@ Training batches come from a repeated-augmentation or plain distributed sampler;
 sharded without padding (rank r takes images r, r + world, ...), so that summing per-rank counts
 gives each image exactly once.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,16 +34,17 @@ def pil_rgb_loader(path: str) -> Image.Image:
             img = Image.open(f)
             return img.convert("RGB")
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise DataError(f"cannot read image '{path}' ({type(e).__name__}); "
-                        "delete or replace the file") from None
+        raise DataError(f"cannot read image '{path}' ({type(e).__name__}); delete or replace the file") from None
 
 
 def image_folder(root: str, split: str, transform) -> ImageFolder:
     """`root/split` as a torchvision ImageFolder, with a clear error when it is missing or empty."""
     path = os.path.join(root, split)
     if not os.path.isdir(path):
-        raise DataError(f"data folder '{path}' not found; --data-path must hold train/ and val/ "
-                        "folders with one sub-folder of images per class")
+        raise DataError(
+            f"data folder '{path}' not found; --data-path must hold train/ and val/ "
+            "folders with one sub-folder of images per class"
+        )
     try:
         return ImageFolder(path, transform=transform, loader=pil_rgb_loader)
     except FileNotFoundError as e:  # no class folders, or no images in them
@@ -69,8 +71,7 @@ class DigitsDataset(Dataset):
     Training images get a random shift of up to one original pixel.
     """
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, img_size: int, in_chans: int,
-                 train: bool):
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, img_size: int, in_chans: int, train: bool):
         x = images.float().view(-1, 1, 8, 8) / 8.0 - 1.0
         x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
         self.images = x.expand(-1, in_chans, -1, -1).contiguous()
@@ -95,8 +96,9 @@ def digits_split():
     from sklearn.model_selection import train_test_split
 
     X, y = load_digits(return_X_y=True)
-    Xtr, Xva, ytr, yva = train_test_split(X, y, test_size=DIGITS_VAL_FRACTION, stratify=y,
-                                          random_state=DIGITS_SPLIT_SEED)
+    Xtr, Xva, ytr, yva = train_test_split(
+        X, y, test_size=DIGITS_VAL_FRACTION, stratify=y, random_state=DIGITS_SPLIT_SEED
+    )
     return (torch.from_numpy(Xtr), torch.from_numpy(ytr)), (torch.from_numpy(Xva), torch.from_numpy(yva))
 
 
@@ -106,11 +108,19 @@ def imagenet_transforms(cfg: Config, train: bool):
 
     if train:
         return create_transform(
-            cfg.img_size, is_training=True, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
-            color_jitter=cfg.color_jitter, auto_augment=cfg.aa or None, interpolation=cfg.interpolation,
-            re_prob=cfg.reprob, re_mode=cfg.remode, re_count=cfg.recount)
-    return create_transform(cfg.img_size, is_training=False, interpolation=cfg.interpolation,
-                            crop_pct=cfg.crop_pct)
+            cfg.img_size,
+            is_training=True,
+            scale=cfg.scale,
+            ratio=cfg.ratio,
+            hflip=cfg.hflip,
+            color_jitter=cfg.color_jitter,
+            auto_augment=cfg.aa or None,
+            interpolation=cfg.interpolation,
+            re_prob=cfg.reprob,
+            re_mode=cfg.remode,
+            re_count=cfg.recount,
+        )
+    return create_transform(cfg.img_size, is_training=False, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct)
 
 
 def build_datasets(cfg: Config, need_train: bool = True):
@@ -122,8 +132,9 @@ def build_datasets(cfg: Config, need_train: bool = True):
         num_classes = 10
     else:
         if not os.path.isdir(cfg.data_path):
-            raise DataError(f"data folder '{cfg.data_path}' not found; pass --data-path DIR "
-                            "with train/ and val/ ImageFolders")
+            raise DataError(
+                f"data folder '{cfg.data_path}' not found; pass --data-path DIR with train/ and val/ ImageFolders"
+            )
         val = image_folder(cfg.data_path, "val", imagenet_transforms(cfg, train=False))
         train = image_folder(cfg.data_path, "train", imagenet_transforms(cfg, train=True)) if need_train else None
         num_classes = len(val.classes)
@@ -145,8 +156,9 @@ def train_sampler(dataset, cfg: Config, rank: int, world_size: int):
     if cfg.repeated_aug:
         from timm.data.distributed_sampler import RepeatAugSampler
 
-        return RepeatAugSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                num_repeats=cfg.num_repeats, selected_round=0)
+        return RepeatAugSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, num_repeats=cfg.num_repeats, selected_round=0
+        )
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed)
 
 
@@ -162,21 +174,21 @@ class Loaders:
     num_classes: int
 
 
-def build_loaders(cfg: Config, rank: int = 0, world_size: int = 1, need_train: bool = True,
-                  pin_memory: bool = False) -> Loaders:
+def build_loaders(
+    cfg: Config, rank: int = 0, world_size: int = 1, need_train: bool = True, pin_memory: bool = False
+) -> Loaders:
     """Train loader (sampled, whole batches only) and sharded val loader for this rank."""
     train, val, num_classes = build_datasets(cfg, need_train)
-    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory,
-                  persistent_workers=False)
+    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=False)
     train_loader = None
     if train is not None:
         sampler = train_sampler(train, cfg, rank, world_size)
         n_per_rank = len(sampler)
         if n_per_rank < cfg.batch_size:
-            raise DataError(f"only {n_per_rank} training images per process, fewer than --batch-size "
-                            f"{cfg.batch_size}; lower the batch size")
-        train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                                  **common)
-    val_loader = DataLoader(shard(val, rank, world_size), batch_size=cfg.batch_size, shuffle=False,
-                            **common)
+            raise DataError(
+                f"only {n_per_rank} training images per process, fewer than --batch-size "
+                f"{cfg.batch_size}; lower the batch size"
+            )
+        train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **common)
+    val_loader = DataLoader(shard(val, rank, world_size), batch_size=cfg.batch_size, shuffle=False, **common)
     return Loaders(train_loader, val_loader, num_classes)

@@ -2,6 +2,7 @@
 
 CUDA: NCCL, one GPU per process (LOCAL_RANK). CPU: gloo. A plain `python train.py` is a world of one.
 """
+
 from __future__ import annotations
 
 import os

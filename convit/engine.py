@@ -1,4 +1,5 @@
 """Model construction, one training epoch, and exact distributed evaluation."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,7 @@ from .config import Config, ConfigError
 from .distributed import all_reduce_sum
 from .variants import VARIANTS
 
-_MODEL_KEYS = ("patch_size", "embed_dim", "num_heads", "depth", "mlp_ratio", "local_up_to_layer",
-               "locality_strength")
+_MODEL_KEYS = ("patch_size", "embed_dim", "num_heads", "depth", "mlp_ratio", "local_up_to_layer", "locality_strength")
 
 
 def seed_everything(seed: int) -> None:
@@ -27,8 +27,7 @@ def seed_everything(seed: int) -> None:
 
 def model_kwargs(cfg: Config) -> dict:
     """Constructor keywords from the config; None values keep the variant's own setting."""
-    kw = dict(img_size=cfg.img_size, in_chans=cfg.in_chans, drop_rate=cfg.drop,
-              drop_path_rate=cfg.drop_path)
+    kw = dict(img_size=cfg.img_size, in_chans=cfg.in_chans, drop_rate=cfg.drop, drop_path_rate=cfg.drop_path)
     kw.update({k: getattr(cfg, k) for k in _MODEL_KEYS if getattr(cfg, k) is not None})
     if not cfg.local_init:
         kw["local_init"] = False
@@ -61,14 +60,35 @@ def build_mixup(cfg: Config, num_classes: int):
 
     if cfg.mixup <= 0 and cfg.cutmix <= 0:
         return None
-    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
-                 switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
-                 label_smoothing=cfg.smoothing, num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=cfg.mixup,
+        cutmix_alpha=cfg.cutmix,
+        prob=cfg.mixup_prob,
+        switch_prob=cfg.mixup_switch_prob,
+        mode=cfg.mixup_mode,
+        label_smoothing=cfg.smoothing,
+        num_classes=num_classes,
+    )
 
 
-def train_one_epoch(model, loader, optimizer, criterion, device, epoch: int, *, scheduler=None,
-                    mixup_fn=None, amp_dtype=None, loss_scaler=None, clip_grad=None, ema=None,
-                    num_updates: int = 0, world_size: int = 1, progress: bool = False) -> dict:
+def train_one_epoch(
+    model,
+    loader,
+    optimizer,
+    criterion,
+    device,
+    epoch: int,
+    *,
+    scheduler=None,
+    mixup_fn=None,
+    amp_dtype=None,
+    loss_scaler=None,
+    clip_grad=None,
+    ema=None,
+    num_updates: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+) -> dict:
     """One pass over `loader`; the lr follows `scheduler` at fractional epochs, step by step.
 
     Returns the global mean training loss, the last lr, image count, time and update count.
@@ -78,8 +98,15 @@ def train_one_epoch(model, loader, optimizer, criterion, device, epoch: int, *, 
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_images = 0
     start = time.perf_counter()
-    bar = tqdm(total=n_steps * loader.batch_size * world_size, unit="img", unit_scale=True,
-               desc=f"epoch {epoch}", disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=n_steps * loader.batch_size * world_size,
+        unit="img",
+        unit_scale=True,
+        desc=f"epoch {epoch}",
+        disable=not progress,
+        dynamic_ncols=True,
+        leave=False,
+    )
     for step, (images, targets) in enumerate(loader):
         if scheduler is not None:
             scheduler.step(epoch + step / n_steps)
@@ -108,11 +135,15 @@ def train_one_epoch(model, loader, optimizer, criterion, device, epoch: int, *, 
     bar.close()
     total_loss, total_images = all_reduce_sum([loss_sum.item(), n_images], device)
     if not math.isfinite(total_loss):
-        raise FloatingPointError(f"training loss is {total_loss} in epoch {epoch}; lower --lr "
-                                 "or set --clip-grad")
+        raise FloatingPointError(f"training loss is {total_loss} in epoch {epoch}; lower --lr or set --clip-grad")
     elapsed = time.perf_counter() - start
-    return {"train_loss": total_loss / max(total_images, 1), "lr": optimizer.param_groups[0]["lr"],
-            "train_images": int(total_images), "train_time_s": elapsed, "num_updates": num_updates}
+    return {
+        "train_loss": total_loss / max(total_images, 1),
+        "lr": optimizer.param_groups[0]["lr"],
+        "train_images": int(total_images),
+        "train_time_s": elapsed,
+        "num_updates": num_updates,
+    }
 
 
 @torch.no_grad()
@@ -137,6 +168,11 @@ def evaluate(model, loader, device, amp_dtype=None) -> dict:
         n += len(targets)
     loss_sum, correct1, correct5, n = all_reduce_sum([loss_sum, correct1, correct5, n], device)
     denom = max(n, 1)
-    return {"val_loss": loss_sum / denom, "val_acc1": 100.0 * correct1 / denom,
-            "val_acc5": 100.0 * correct5 / denom, "val_images": int(n),
-            "val_correct1": int(correct1), "val_correct5": int(correct5)}
+    return {
+        "val_loss": loss_sum / denom,
+        "val_acc1": 100.0 * correct1 / denom,
+        "val_acc5": 100.0 * correct5 / denom,
+        "val_images": int(n),
+        "val_correct1": int(correct1),
+        "val_correct5": int(correct5),
+    }

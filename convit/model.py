@@ -4,38 +4,48 @@ The module tree and parameter names are those of ``timm.models.convit.ConVit``, 
 ways with ``strict=True``. Unlike timm's constructor, ``embed_dim`` here is the total width (as in a
 ViT), and any image size divisible by the patch size runs, the position embedding being resampled.
 """
-from typing import Dict, List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
+from timm.layers import (
+    DropPath,
+    LayerNorm,
+    Mlp,
+    PatchEmbed,
+    calculate_drop_path_rates,
+    register_notrace_function,
+    trunc_normal_,
+)
+from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from timm.layers import DropPath, LayerNorm, Mlp, PatchEmbed, calculate_drop_path_rates, trunc_normal_
-from timm.layers import register_notrace_function
-from timm.models._features import feature_take_indices
 
 from .attention import GPSA, MHSA
 
 
 @register_notrace_function  # FX cannot trace the Python checks on the image size
-def check_image(x: torch.Tensor, in_chans: int, patch_size: Tuple[int, int]) -> torch.Tensor:
+def check_image(x: torch.Tensor, in_chans: int, patch_size: tuple[int, int]) -> torch.Tensor:
     """Return ``x`` unchanged, or raise a one-line ValueError saying what is wrong with its shape."""
     if x.dim() != 4:
         raise ValueError(f"ConViT expects images shaped (batch, {in_chans}, height, width), got shape {list(x.shape)}")
     if x.shape[1] != in_chans:
         raise ValueError(
             f"ConViT expects {in_chans} image channels (in_chans={in_chans}), got {x.shape[1]}: "
-            f"convert the images or build the model with in_chans={x.shape[1]}")
+            f"convert the images or build the model with in_chans={x.shape[1]}"
+        )
     if x.shape[2] % patch_size[0] != 0 or x.shape[3] % patch_size[1] != 0:
         raise ValueError(
             f"image size {x.shape[2]}x{x.shape[3]} is not divisible by the patch size "
             f"{patch_size[0]}x{patch_size[1]}: resize or crop to a multiple of it, e.g. "
-            f"{x.shape[2] // patch_size[0] * patch_size[0]}x{x.shape[3] // patch_size[1] * patch_size[1]}")
+            f"{x.shape[2] // patch_size[0] * patch_size[0]}x{x.shape[3] // patch_size[1] * patch_size[1]}"
+        )
     return x
 
 
 @register_notrace_function  # the size comparison is Python control flow
-def resample_pos_embed(pos_embed: torch.Tensor, grid_size: Tuple[int, int], trained_grid: Tuple[int, int]) -> torch.Tensor:
+def resample_pos_embed(
+    pos_embed: torch.Tensor, grid_size: tuple[int, int], trained_grid: tuple[int, int]
+) -> torch.Tensor:
     """Position embedding (1 x N x C) of a ``trained_grid`` patch grid, resampled bicubically to ``grid_size``.
 
     Written here rather than taken from timm's ``resample_abs_pos_embed`` because that one is not
@@ -45,7 +55,7 @@ def resample_pos_embed(pos_embed: torch.Tensor, grid_size: Tuple[int, int], trai
         return pos_embed
     width = pos_embed.shape[-1]
     grid = pos_embed.reshape(1, trained_grid[0], trained_grid[1], width).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=grid_size, mode='bicubic', align_corners=False, antialias=True)
+    grid = F.interpolate(grid, size=grid_size, mode="bicubic", align_corners=False, antialias=True)
     return grid.permute(0, 2, 3, 1).reshape(1, grid_size[0] * grid_size[1], width).to(pos_embed.dtype)
 
 
@@ -53,19 +63,19 @@ class Block(nn.Module):
     """Pre-norm transformer block whose attention is GPSA (patches only) or MHSA."""
 
     def __init__(
-            self,
-            dim: int,
-            num_heads: int,
-            mlp_ratio: float = 4.,
-            qkv_bias: bool = False,
-            proj_drop: float = 0.,
-            attn_drop: float = 0.,
-            drop_path: float = 0.,
-            act_layer: Type[nn.Module] = nn.GELU,
-            norm_layer: Type[nn.Module] = LayerNorm,
-            use_gpsa: bool = True,
-            locality_strength: float = 1.,
-            fused_attn: bool = True,
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: type[nn.Module] = nn.GELU,
+        norm_layer: type[nn.Module] = LayerNorm,
+        use_gpsa: bool = True,
+        locality_strength: float = 1.0,
+        fused_attn: bool = True,
     ):
         super().__init__()
         self.norm1 = norm_layer(dim)
@@ -74,11 +84,11 @@ class Block(nn.Module):
             self.attn = GPSA(dim, num_heads, qkv_bias, attn_drop, proj_drop, locality_strength, fused_attn)
         else:
             self.attn = MHSA(dim, num_heads, qkv_bias, attn_drop, proj_drop, fused_attn)
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
 
-    def forward(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), grid_size))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
@@ -88,31 +98,31 @@ class ConViT(nn.Module):
     """ConViT (d'Ascoli et al., 2021): ``local_up_to_layer`` GPSA blocks, then the class token, then MHSA blocks."""
 
     def __init__(
-            self,
-            img_size: Union[int, Tuple[int, int]] = 224,
-            patch_size: int = 16,
-            in_chans: int = 3,
-            num_classes: int = 1000,
-            global_pool: str = 'token',
-            embed_dim: int = 768,
-            depth: int = 12,
-            num_heads: int = 12,
-            mlp_ratio: float = 4.,
-            qkv_bias: bool = False,
-            drop_rate: float = 0.,
-            pos_drop_rate: float = 0.,
-            proj_drop_rate: float = 0.,
-            attn_drop_rate: float = 0.,
-            drop_path_rate: float = 0.,
-            norm_layer: Optional[Type[nn.Module]] = None,
-            local_up_to_layer: int = 10,
-            locality_strength: float = 1.,
-            local_init: bool = True,
-            use_pos_embed: bool = True,
-            fused_attn: bool = True,
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "token",
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        drop_rate: float = 0.0,
+        pos_drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        norm_layer: type[nn.Module] | None = None,
+        local_up_to_layer: int = 10,
+        locality_strength: float = 1.0,
+        local_init: bool = True,
+        use_pos_embed: bool = True,
+        fused_attn: bool = True,
     ):
         super().__init__()
-        if global_pool not in ('', 'avg', 'token'):
+        if global_pool not in ("", "avg", "token"):
             raise ValueError(f"global_pool={global_pool!r} is not supported: use 'token', 'avg' or ''")
         if not 0 <= local_up_to_layer <= depth:
             raise ValueError(f"local_up_to_layer={local_up_to_layer} must lie between 0 and depth={depth}")
@@ -130,10 +140,15 @@ class ConViT(nn.Module):
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-            output_fmt='NHWC', strict_img_size=False)
-        self.patch_size: Tuple[int, int] = (int(self.patch_embed.patch_size[0]), int(self.patch_embed.patch_size[1]))
-        self.trained_grid: Tuple[int, int] = (int(self.patch_embed.grid_size[0]), int(self.patch_embed.grid_size[1]))
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            output_fmt="NHWC",
+            strict_img_size=False,
+        )
+        self.patch_size: tuple[int, int] = (int(self.patch_embed.patch_size[0]), int(self.patch_embed.patch_size[1]))
+        self.trained_grid: tuple[int, int] = (int(self.patch_embed.grid_size[0]), int(self.patch_embed.grid_size[1]))
         self.num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.num_prefix_tokens = 1
@@ -142,15 +157,27 @@ class ConViT(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, embed_dim))
 
         dpr = calculate_drop_path_rates(drop_path_rate, depth)
-        self.blocks = nn.ModuleList([
-            Block(
-                dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i], norm_layer=norm_layer,
-                use_gpsa=i < local_up_to_layer, locality_strength=locality_strength, fused_attn=fused_attn,
-            ) for i in range(depth)])
+        self.blocks = nn.ModuleList(
+            [
+                Block(
+                    dim=embed_dim,
+                    num_heads=num_heads,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    proj_drop=proj_drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[i],
+                    norm_layer=norm_layer,
+                    use_gpsa=i < local_up_to_layer,
+                    locality_strength=locality_strength,
+                    fused_attn=fused_attn,
+                )
+                for i in range(depth)
+            ]
+        )
         self.norm = norm_layer(embed_dim)
         reduction = self.patch_embed.feat_ratio()
-        self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f'blocks.{i}') for i in range(depth)]
+        self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=f"blocks.{i}") for i in range(depth)]
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -160,36 +187,37 @@ class ConViT(nn.Module):
     def init_weights(self, local_init: bool = True) -> None:
         """timm's initialisation (truncated normal, std 0.02), then the convolutional init of every GPSA."""
         if self.use_pos_embed:
-            trunc_normal_(self.pos_embed, std=.02)
-        trunc_normal_(self.cls_token, std=.02)
+            trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_weights)
         if local_init:
             for module in self.modules():
                 if isinstance(module, GPSA):
                     module.local_init()
 
-    def _resample_loaded_pos_embed(self, state_dict: Dict[str, torch.Tensor], prefix: str, *args) -> None:
+    def _resample_loaded_pos_embed(self, state_dict: dict[str, torch.Tensor], prefix: str, *args) -> None:
         """Resample a checkpoint's square position embedding when its grid differs from this model's."""
-        key = prefix + 'pos_embed'
+        key = prefix + "pos_embed"
         if not self.use_pos_embed or key not in state_dict or state_dict[key].shape == self.pos_embed.shape:
             return
         loaded = state_dict[key]
-        side = int(round(loaded.shape[1] ** .5))
+        side = int(round(loaded.shape[1] ** 0.5))
         if loaded.dim() != 3 or side * side != loaded.shape[1] or loaded.shape[2] != self.embed_dim:
             raise ValueError(
                 f"checkpoint pos_embed has shape {list(loaded.shape)}; expected [1, N, {self.embed_dim}] "
-                f"on a square grid (this model: {list(self.pos_embed.shape)})")
+                f"on a square grid (this model: {list(self.pos_embed.shape)})"
+            )
         state_dict[key] = resample_pos_embed(loaded, self.trained_grid, (side, side))
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
-        return {'pos_embed', 'cls_token'}
+        return {"pos_embed", "cls_token"}
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
+    def group_matcher(self, coarse: bool = False) -> dict:
         return dict(
-            stem=r'^cls_token|pos_embed|patch_embed',
-            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
+            stem=r"^cls_token|pos_embed|patch_embed",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
         )
 
     @torch.jit.ignore
@@ -200,17 +228,20 @@ class ConViT(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ('', 'avg', 'token'):
+            if global_pool not in ("", "avg", "token"):
                 raise ValueError(f"global_pool={global_pool!r} is not supported: use 'token', 'avg' or ''")
             self.global_pool = global_pool
         weight = self.patch_embed.proj.weight
-        self.head = nn.Linear(self.embed_dim, num_classes, device=weight.device, dtype=weight.dtype) \
-            if num_classes > 0 else nn.Identity()
+        self.head = (
+            nn.Linear(self.embed_dim, num_classes, device=weight.device, dtype=weight.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
 
-    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = check_image(x, self.in_chans, self.patch_size)
         x = self.patch_embed(x)
         grid_size = (x.shape[1], x.shape[2])
@@ -235,9 +266,9 @@ class ConViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x[:, self.num_prefix_tokens:].mean(dim=1)
-        elif self.global_pool == 'token':
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens :].mean(dim=1)
+        elif self.global_pool == "token":
             x = x[:, 0]
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
@@ -246,57 +277,58 @@ class ConViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Final features and the outputs of the blocks in ``indices`` (patch tokens only), as timm's."""
-        if output_fmt not in ('NCHW', 'NLC'):
+        if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r} is not supported: use 'NCHW' or 'NLC'")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         B = x.shape[0]
         x, grid_size = self._embed(x)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
         intermediates = []
         for i, block in enumerate(blocks):
             x = block(self._join_class_token(i, x), grid_size)
             if i in take_indices:
                 y = self.norm(x) if norm else x
                 intermediates.append(y[:, 1:] if i >= self.local_up_to_layer else y)
-        if output_fmt == 'NCHW':
+        if output_fmt == "NCHW":
             intermediates = [
-                y.reshape(B, grid_size[0], grid_size[1], -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+                y.reshape(B, grid_size[0], grid_size[1], -1).permute(0, 3, 1, 2).contiguous() for y in intermediates
+            ]
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates
 
     def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
+        self,
+        indices: int | list[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
         """Drop the blocks (and optionally norm and head) that the chosen intermediates do not need."""
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
+        self.blocks = self.blocks[: max_index + 1]
         if max_index < self.local_up_to_layer:
             self.cls_token = None
             self.num_prefix_tokens = 0
-            prune_head = prune_head or self.global_pool == 'token'
+            prune_head = prune_head or self.global_pool == "token"
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
-            self.reset_classifier(0, '')
+            self.reset_classifier(0, "")
         return take_indices
 
 
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=.02)
+        trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):

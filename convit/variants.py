@@ -2,8 +2,9 @@
 
 Every model has depth 12, 10 GPSA blocks and locality strength 1; they differ in heads and head width.
 """
+
 import warnings
-from typing import Any, Dict
+from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -13,63 +14,77 @@ from .model import ConViT
 
 # name: (num_heads, width per head)
 VARIANTS = {
-    'convit_tiny': (4, 48),
-    'convit_tiny_plus': (4, 64),
-    'convit_small': (9, 48),
-    'convit_small_plus': (9, 64),
-    'convit_base': (16, 48),
-    'convit_base_plus': (16, 64),
+    "convit_tiny": (4, 48),
+    "convit_tiny_plus": (4, 64),
+    "convit_small": (9, 48),
+    "convit_small_plus": (9, 64),
+    "convit_base": (16, 48),
+    "convit_base_plus": (16, 64),
 }
 # timm publishes ImageNet-1k weights for these; the "+" models have none.
-PUBLISHED_WEIGHTS = ('convit_tiny', 'convit_small', 'convit_base')
+PUBLISHED_WEIGHTS = ("convit_tiny", "convit_small", "convit_base")
 
 
-def _cfg(**kwargs) -> Dict[str, Any]:
+def _cfg(**kwargs) -> dict[str, Any]:
     return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': .875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'apache-2.0',
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "apache-2.0",
         **kwargs,
     }
 
 
-default_cfgs = generate_default_cfgs({
-    **{f'{name}.fb_in1k': _cfg(hf_hub_id='timm/') for name in PUBLISHED_WEIGHTS},
-    **{name: _cfg() for name in VARIANTS if name not in PUBLISHED_WEIGHTS},
-})
+default_cfgs = generate_default_cfgs(
+    {
+        **{f"{name}.fb_in1k": _cfg(hf_hub_id="timm/") for name in PUBLISHED_WEIGHTS},
+        **{name: _cfg() for name in VARIANTS if name not in PUBLISHED_WEIGHTS},
+    }
+)
 
 
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: ConViT) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: ConViT) -> dict[str, torch.Tensor]:
     """Accept timm's state dicts and the original authors' checkpoints (weights under ``"model"``).
 
     Raises a one-line ValueError naming the missing and unexpected keys when it is not a ConViT of this
     shape; the position embedding of another resolution is resampled when the model loads it.
     """
-    if 'model' in state_dict and isinstance(state_dict['model'], dict):
-        state_dict = state_dict['model']
-    state_dict = {k.removeprefix('module.'): v for k, v in state_dict.items()}
+    if "model" in state_dict and isinstance(state_dict["model"], dict):
+        state_dict = state_dict["model"]
+    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     if model.num_classes == 0:
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
     if missing or unexpected:
         raise ValueError(
             f"checkpoint does not fit this ConViT ({len(model.blocks)} blocks, {model.local_up_to_layer} GPSA): "
             f"missing keys {missing[:6]}{'...' if len(missing) > 6 else ''}, "
-            f"unexpected keys {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}")
+            f"unexpected keys {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}"
+        )
     return state_dict
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> ConViT:
     num_heads, head_width = VARIANTS[variant]
-    model_args = dict(embed_dim=num_heads * head_width, num_heads=num_heads, depth=12,
-                      local_up_to_layer=10, locality_strength=1.0)
-    out_indices = kwargs.pop('out_indices', 3)
+    model_args = dict(
+        embed_dim=num_heads * head_width, num_heads=num_heads, depth=12, local_up_to_layer=10, locality_strength=1.0
+    )
+    out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
-        ConViT, variant, pretrained,
+        ConViT,
+        variant,
+        pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **dict(model_args, **kwargs),
     )
 
@@ -77,13 +92,16 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> ConViT:
 def _entrypoint(variant: str):
     def create(pretrained: bool = False, **kwargs) -> ConViT:
         return _create(variant, pretrained, **kwargs)
+
     create.__name__ = create.__qualname__ = variant
-    create.__doc__ = f"{variant}: {VARIANTS[variant][0]} heads x {VARIANTS[variant][1]} channels, depth 12, 10 GPSA blocks."
+    create.__doc__ = (
+        f"{variant}: {VARIANTS[variant][0]} heads x {VARIANTS[variant][1]} channels, depth 12, 10 GPSA blocks."
+    )
     return create
 
 
 with warnings.catch_warnings():
     # replacing timm's own convit_* entries is intended; timm warns on every overwrite
-    warnings.filterwarnings('ignore', message='Overwriting convit_')
+    warnings.filterwarnings("ignore", message="Overwriting convit_")
     for _variant in VARIANTS:
         globals()[_variant] = register_model(_entrypoint(_variant))

@@ -19,6 +19,7 @@ Writes OUT/results.csv (one row per run), OUT/locality.csv (non-locality and gat
 head), OUT/summary.csv and OUT/summary.md (means, spreads, our gap beside the paper's) and
 OUT/data_efficiency.png, OUT/locality.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,26 @@ DEFAULT_CONFIG = ROOT / "experiments" / "configs" / "data_efficiency.yaml"
 MODELS = ("convit", "deit")
 # The paper's Table 2: top-1 (%) of ConViT-S and DeiT-S on ImageNet subsets, same images seen.
 PAPER = {0.05: (47.8, 34.8), 0.1: (59.6, 48.0), 0.3: (73.7, 66.1), 0.5: (78.2, 74.6), 1.0: (81.4, 79.9)}
-RESULT_FIELDS = ["model", "fraction", "seed", "train_images", "steps", "batch_size", "val_acc1",
-                 "val_loss", "final_train_loss", "seconds"]
+RESULT_FIELDS = [
+    "model",
+    "fraction",
+    "seed",
+    "train_images",
+    "steps",
+    "batch_size",
+    "val_acc1",
+    "val_loss",
+    "final_train_loss",
+    "seconds",
+]
 LOCALITY_FIELDS = ["model", "fraction", "seed", "block", "type", "head", "nonlocality", "gate"]
 INIT_FIELDS = ["model", "seed", "block", "type", "head", "nonlocality", "gate"]
 # Config keys that the command line may override for every run (a smaller model, a faster test).
-MODEL_FLAGS = ("embed_dim", "num_heads", "depth", "local_up_to_layer", "patch_size", "img_size",
-               "batch_size", "lr")
+MODEL_FLAGS = ("embed_dim", "num_heads", "depth", "local_up_to_layer", "patch_size", "img_size", "batch_size", "lr")
 
 
 # ---------------------------------------------------------------------------------------- pure helpers
+
 
 def paper_gap(fraction: float):
     """ConViT-S minus DeiT-S top-1 in the paper at this fraction, or None if the paper has no row."""
@@ -72,7 +83,7 @@ def cycled_batches(n: int, batch_size: int, steps: int, generator: torch.Generat
     """
     passes = math.ceil(steps * batch_size / n)
     order = torch.cat([torch.randperm(n, generator=generator) for _ in range(passes)]).tolist()
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -87,19 +98,25 @@ def summarize(results: list[dict]) -> list[dict]:
     for fraction in sorted({float(r["fraction"]) for r in results}):
         at = [r for r in results if math.isclose(float(r["fraction"]), fraction)]
         acc = {m: {int(r["seed"]): float(r["val_acc1"]) for r in at if r["model"] == m} for m in MODELS}
-        row = {"fraction": fraction,
-               "train_images": int(next(r["train_images"] for r in at))}
+        row = {"fraction": fraction, "train_images": int(next(r["train_images"] for r in at))}
         for m in MODELS:
             mean, std = mean_std(list(acc[m].values())) if acc[m] else (float("nan"), float("nan"))
             row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_n": len(acc[m])})
         seeds = sorted(set(acc["convit"]) & set(acc["deit"]))
-        gap_mean, gap_std = (mean_std([acc["convit"][s] - acc["deit"][s] for s in seeds]) if seeds
-                             else (float("nan"), float("nan")))
+        gap_mean, gap_std = (
+            mean_std([acc["convit"][s] - acc["deit"][s] for s in seeds]) if seeds else (float("nan"), float("nan"))
+        )
         gap_paper = paper_gap(fraction)
-        row.update({"gap_mean": gap_mean, "gap_std": gap_std, "gap_seeds": len(seeds),
-                    "paper_convit": PAPER.get(fraction, (None, None))[0] if gap_paper is not None else None,
-                    "paper_deit": PAPER.get(fraction, (None, None))[1] if gap_paper is not None else None,
-                    "paper_gap": gap_paper})
+        row.update(
+            {
+                "gap_mean": gap_mean,
+                "gap_std": gap_std,
+                "gap_seeds": len(seeds),
+                "paper_convit": PAPER.get(fraction, (None, None))[0] if gap_paper is not None else None,
+                "paper_deit": PAPER.get(fraction, (None, None))[1] if gap_paper is not None else None,
+                "paper_gap": gap_paper,
+            }
+        )
         rows.append(row)
     return rows
 
@@ -121,36 +138,51 @@ def locality_table(locality: list[dict]) -> dict:
         block["d"].append(float(r["nonlocality"]))
         if r["gate"] not in ("", None):
             block["g"].append(float(r["gate"]))
-    return {key: {b: (float(np.mean(v["d"])), float(np.mean(v["g"])) if v["g"] else None)
-                  for b, v in sorted(blocks.items())}
-            for key, blocks in sorted(cells.items(), key=lambda kv: _order(kv[0]))}
+    return {
+        key: {
+            b: (float(np.mean(v["d"])), float(np.mean(v["g"])) if v["g"] else None) for b, v in sorted(blocks.items())
+        }
+        for key, blocks in sorted(cells.items(), key=lambda kv: _order(kv[0]))
+    }
 
 
 def summary_markdown(summary: list[dict], locality: list[dict], setting: str, init: list[dict] = ()) -> str:
     """The two tables (top-1 and gaps; locality per block) as markdown."""
+
     def num(x, fmt="{:.1f}"):
         return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
-    lines = [f"Setting: {setting}", "",
-             "| fraction | train images | ConViT top-1 | DeiT top-1 | gap (ours) | seeds | "
-             "paper ConViT-S | paper DeiT-S | gap (paper) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Setting: {setting}",
+        "",
+        "| fraction | train images | ConViT top-1 | DeiT top-1 | gap (ours) | seeds | "
+        "paper ConViT-S | paper DeiT-S | gap (paper) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in summary:
         lines.append(
             f"| {r['fraction']:g} | {r['train_images']} | {num(r['convit_mean'])} ± {num(r['convit_std'])} | "
             f"{num(r['deit_mean'])} ± {num(r['deit_std'])} | {num(r['gap_mean'], '{:+.1f}')} ± "
             f"{num(r['gap_std'])} | {r['gap_seeds']} | {num(r['paper_convit'])} | {num(r['paper_deit'])} | "
-            f"{num(r['paper_gap'], '{:+.1f}')} |")
-    lines += ["", "Top-1 in % on the 360 validation digits, mean ± sample std over seeds; the gap is "
-              "ConViT minus DeiT, paired by seed (same subset), mean ± std over seeds.", ""]
+            f"{num(r['paper_gap'], '{:+.1f}')} |"
+        )
+    lines += [
+        "",
+        "Top-1 in % on the 360 validation digits, mean ± sample std over seeds; the gap is "
+        "ConViT minus DeiT, paired by seed (same subset), mean ± std over seeds.",
+        "",
+    ]
     table = locality_table(list(init) + list(locality))
     if table:
         blocks = sorted({b for cells in table.values() for b in cells})
-        lines += ["Non-locality per block after training (patches; mean over heads and seeds; GPSA blocks "
-                  "marked *, with their mean gate σ(λ) in brackets: 1 = positional, 0 = content); "
-                  "'untrained': the same seeds' initial weights, before step 0:", "",
-                  "| model | fraction | " + " | ".join(f"block {b}" for b in blocks) + " |",
-                  "|---|---|" + "---|" * len(blocks)]
+        lines += [
+            "Non-locality per block after training (patches; mean over heads and seeds; GPSA blocks "
+            "marked *, with their mean gate σ(λ) in brackets: 1 = positional, 0 = content); "
+            "'untrained': the same seeds' initial weights, before step 0:",
+            "",
+            "| model | fraction | " + " | ".join(f"block {b}" for b in blocks) + " |",
+            "|---|---|" + "---|" * len(blocks),
+        ]
         for (model, fraction), cells in table.items():
             parts = []
             for b in blocks:
@@ -163,6 +195,7 @@ def summary_markdown(summary: list[dict], locality: list[dict], setting: str, in
 
 # ---------------------------------------------------------------------------------------------- runs
 
+
 def run_config(base: Config, model: str, fraction: float, seed: int) -> Config:
     """The Config of one run: the base recipe, this fraction and seed, and no GPSA for the DeiT twin."""
     cfg = dataclasses.replace(base, sampling_ratio=fraction, seed=seed, progress=False)
@@ -174,9 +207,17 @@ def run_config(base: Config, model: str, fraction: float, seed: int) -> Config:
 def locality_rows(model, val_images) -> list[dict]:
     """Non-locality of every block and head over the validation images, and the gate of GPSA heads."""
     report = locality_report(model, val_images, batch_size=120)
-    return [{"block": block["block"], "type": block["type"], "head": h, "nonlocality": round(distance, 4),
-             "gate": round(block["gate"][h], 4) if block["gate"] is not None else ""}
-            for block in report["blocks"] for h, distance in enumerate(block["nonlocality"])]
+    return [
+        {
+            "block": block["block"],
+            "type": block["type"],
+            "head": h,
+            "nonlocality": round(distance, 4),
+            "gate": round(block["gate"][h], 4) if block["gate"] is not None else "",
+        }
+        for block in report["blocks"]
+        for h, distance in enumerate(block["nonlocality"])
+    ]
 
 
 def init_locality(base: Config, models, seeds, val_images) -> list[dict]:
@@ -187,8 +228,7 @@ def init_locality(base: Config, models, seeds, val_images) -> list[dict]:
             cfg = run_config(base, model, 1.0, seed)
             seed_everything(seed)  # as in train_run: the same initial weights
             net = create_model(cfg.model, 10, **model_kwargs(cfg))
-            rows += [{"model": model, "seed": seed, **r}
-                     for r in locality_rows(net, val_images)]
+            rows += [{"model": model, "seed": seed, **r} for r in locality_rows(net, val_images)]
     return rows
 
 
@@ -205,12 +245,17 @@ def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader
     seed_everything(cfg.seed)
     model = create_model(cfg.model, 10, **model_kwargs(cfg))
     lr = cfg.lr * cfg.batch_size / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum)
+    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     # one scheduler "epoch" per optimizer step: linear warm-up, then cosine to min_lr at `steps`
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched, num_epochs=steps,
-                                       warmup_epochs=min(warmup_steps, max(steps - 1, 0)),
-                                       warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=True)
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched,
+        num_epochs=steps,
+        warmup_epochs=min(warmup_steps, max(steps - 1, 0)),
+        warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr,
+        step_on_epochs=True,
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     batches = cycled_batches(len(subset), cfg.batch_size, steps, generator)
     loader = DataLoader(subset, batch_sampler=batches, num_workers=0)
@@ -236,10 +281,16 @@ def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader
     seconds = time.perf_counter() - start
 
     locality = locality_rows(model, val_images)
-    tail = losses[-max(1, min(20, steps // 10)):]
-    result = {"train_images": len(subset), "steps": steps, "batch_size": cfg.batch_size,
-              "val_acc1": round(val["val_acc1"], 3), "val_loss": round(val["val_loss"], 4),
-              "final_train_loss": round(float(np.mean(tail)), 4), "seconds": round(seconds, 1)}
+    tail = losses[-max(1, min(20, steps // 10)) :]
+    result = {
+        "train_images": len(subset),
+        "steps": steps,
+        "batch_size": cfg.batch_size,
+        "val_acc1": round(val["val_acc1"], 3),
+        "val_loss": round(val["val_loss"], 4),
+        "final_train_loss": round(float(np.mean(tail)), 4),
+        "seconds": round(seconds, 1),
+    }
     return result, locality
 
 
@@ -268,9 +319,11 @@ def append_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
 
 # --------------------------------------------------------------------------------------------- plots
 
+
 def plot(summary: list[dict], out: Path, setting: str) -> None:
     """Top-1 vs fraction (log x, mean ± std bands) and our gap beside the paper's."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -313,6 +366,7 @@ def plot(summary: list[dict], out: Path, setting: str) -> None:
 def plot_locality(locality: list[dict], out: Path) -> None:
     """Non-locality per block (mean over heads and seeds), one line per model and fraction."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -325,8 +379,14 @@ def plot_locality(locality: list[dict], out: Path) -> None:
         shade = plt.cm.Blues if model == "convit" else plt.cm.Oranges
         color = shade(0.4 + 0.6 * fractions.index(fraction) / max(len(fractions) - 1, 1))
         blocks = list(cells)
-        ax.plot(blocks, [cells[b][0] for b in blocks], "o-" if model == "convit" else "s--", ms=3,
-                color=color, label=f"{model} {fraction:g}")
+        ax.plot(
+            blocks,
+            [cells[b][0] for b in blocks],
+            "o-" if model == "convit" else "s--",
+            ms=3,
+            color=color,
+            label=f"{model} {fraction:g}",
+        )
     ax.set_xlabel("block")
     ax.set_ylabel("non-locality (patches)")
     ax.set_title("final non-locality (ConViT: blue, DeiT twin: orange; darker = more data)", fontsize=8)
@@ -338,6 +398,7 @@ def plot_locality(locality: list[dict], out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- main
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -351,8 +412,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="out/data_efficiency")
     p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
     for key in MODEL_FLAGS:
-        p.add_argument("--" + key.replace("_", "-"), dest=key, default=None,
-                       type=float if key == "lr" else int, help=f"override the recipe's {key}")
+        p.add_argument(
+            "--" + key.replace("_", "-"),
+            dest=key,
+            default=None,
+            type=float if key == "lr" else int,
+            help=f"override the recipe's {key}",
+        )
     return p.parse_args(argv)
 
 
@@ -376,16 +442,17 @@ def main(argv=None) -> None:
     train_data, _ = digits_split()
     val_loader = build_loaders(dataclasses.replace(base, batch_size=120), need_train=False).val
     val_images = torch.cat([x for x, _ in val_loader])
-    setting = (f"digits 16x16, patch {base.patch_size}, width {base.embed_dim}, {base.num_heads} heads, "
-               f"depth {base.depth} (ConViT: {base.local_up_to_layer} GPSA; DeiT twin: 0), "
-               f"{args.steps} steps x batch {base.batch_size}, AdamW lr "
-               f"{base.lr * base.batch_size / base.lr_base_batch:.0e}, cosine; val 360 images")
+    setting = (
+        f"digits 16x16, patch {base.patch_size}, width {base.embed_dim}, {base.num_heads} heads, "
+        f"depth {base.depth} (ConViT: {base.local_up_to_layer} GPSA; DeiT twin: 0), "
+        f"{args.steps} steps x batch {base.batch_size}, AdamW lr "
+        f"{base.lr * base.batch_size / base.lr_base_batch:.0e}, cosine; val 360 images"
+    )
     print(setting, flush=True)
 
     done = {(r["model"], float(r["fraction"]), int(r["seed"])) for r in read_csv(out / "results.csv")}
     # seeds outermost: an interrupted experiment still has every fraction for its first seeds
-    plan = [(m, f, s) for s in seeds for f in fractions for m in models
-            if (m, f, s) not in done]
+    plan = [(m, f, s) for s in seeds for f in fractions for m in models if (m, f, s) not in done]
     start = time.perf_counter()
     for i, (model, fraction, seed) in enumerate(plan, 1):
         cfg = run_config(base, model, fraction, seed)
@@ -395,10 +462,13 @@ def main(argv=None) -> None:
         append_csv(out / "locality.csv", [{**key, **row} for row in locality], LOCALITY_FIELDS)
         elapsed = time.perf_counter() - start
         eta = elapsed / i * (len(plan) - i)
-        print(f"[{i:2d}/{len(plan)}] {model:6s} fraction {fraction:<4g} seed {seed}: "
-              f"{result['train_images']:4d} images, {args.steps} steps, val top-1 {result['val_acc1']:6.2f} "
-              f"(loss {result['val_loss']:.3f}), {result['seconds']:.0f}s | elapsed {elapsed / 60:.1f} min, "
-              f"ETA {eta / 60:.1f} min", flush=True)
+        print(
+            f"[{i:2d}/{len(plan)}] {model:6s} fraction {fraction:<4g} seed {seed}: "
+            f"{result['train_images']:4d} images, {args.steps} steps, val top-1 {result['val_acc1']:6.2f} "
+            f"(loss {result['val_loss']:.3f}), {result['seconds']:.0f}s | elapsed {elapsed / 60:.1f} min, "
+            f"ETA {eta / 60:.1f} min",
+            flush=True,
+        )
 
     results, locality = read_csv(out / "results.csv"), read_csv(out / "locality.csv")
     init = init_locality(base, models, seeds, val_images)
@@ -409,8 +479,10 @@ def main(argv=None) -> None:
     plot(summary, out, setting)
     plot_locality(locality, out)
     print((out / "summary.md").read_text(), flush=True)
-    print(f"wrote {out}/results.csv, locality.csv, locality_init.csv, summary.csv, summary.md, data_efficiency.png, locality.png",
-          flush=True)
+    print(
+        f"wrote {out}/results.csv, locality.csv, locality_init.csv, summary.csv, summary.md, data_efficiency.png, locality.png",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

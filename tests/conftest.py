@@ -1,4 +1,5 @@
 """Shared helpers: tiny generated ImageFolders, tiny-model flags, and running the scripts for real."""
+
 import json
 import os
 import subprocess
@@ -19,13 +20,51 @@ torch.set_num_threads(2)
 def _seed():
     torch.manual_seed(0)
 
+
 # A ConViT small enough for a CPU test: 16x16 images, 4 patches, width 32, 2 blocks (1 GPSA).
-TINY_MODEL = ["--img-size", "16", "--patch-size", "8", "--in-chans", "3", "--embed-dim", "32",
-              "--num-heads", "4", "--depth", "2", "--local-up-to-layer", "1", "--num-workers", "0",
-              "--progress", "false"]
+TINY_MODEL = [
+    "--img-size",
+    "16",
+    "--patch-size",
+    "8",
+    "--in-chans",
+    "3",
+    "--embed-dim",
+    "32",
+    "--num-heads",
+    "4",
+    "--depth",
+    "2",
+    "--local-up-to-layer",
+    "1",
+    "--num-workers",
+    "0",
+    "--progress",
+    "false",
+]
 # No random augmentation, so that runs are comparable image for image.
-NO_AUG = ["--aa", "none", "--color-jitter", "0", "--scale", "1,1", "--ratio", "1,1", "--hflip", "0",
-          "--reprob", "0", "--mixup", "0", "--cutmix", "0", "--smoothing", "0", "--drop-path", "0"]
+NO_AUG = [
+    "--aa",
+    "none",
+    "--color-jitter",
+    "0",
+    "--scale",
+    "1,1",
+    "--ratio",
+    "1,1",
+    "--hflip",
+    "0",
+    "--reprob",
+    "0",
+    "--mixup",
+    "0",
+    "--cutmix",
+    "0",
+    "--smoothing",
+    "0",
+    "--drop-path",
+    "0",
+]
 COLORS = [(220, 30, 30), (30, 200, 40), (40, 60, 230)]
 
 
@@ -56,10 +95,17 @@ def run_script(script: str, args, nproc: int = 1, check: bool = True, timeout: i
     if nproc == 1:
         cmd = [sys.executable, str(ROOT / script)]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", str(ROOT / script)]
-    proc = subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=child_env(),
-                          capture_output=True, text=True, timeout=timeout)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            str(ROOT / script),
+        ]
+    proc = subprocess.run(
+        cmd + [str(a) for a in args], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc

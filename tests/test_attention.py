@@ -5,7 +5,7 @@ from timm.models.convit import GPSA as TimmGPSA
 from convit.attention import GPSA, MHSA, relative_offsets
 
 
-def perturbed_gpsa(dim=48, heads=4, locality_strength=1., **kwargs) -> GPSA:
+def perturbed_gpsa(dim=48, heads=4, locality_strength=1.0, **kwargs) -> GPSA:
     layer = GPSA(dim, heads, locality_strength=locality_strength, **kwargs)
     layer.local_init()
     with torch.no_grad():
@@ -25,8 +25,8 @@ def forward_and_grads(layer, x, grid):
     return out.detach(), x.grad, grads
 
 
-@pytest.mark.parametrize('grid', [(4, 4), (3, 5), (7, 2)])
-@pytest.mark.parametrize('heads,strength', [(4, 1.), (9, 2.5), (6, .3)])
+@pytest.mark.parametrize("grid", [(4, 4), (3, 5), (7, 2)])
+@pytest.mark.parametrize("heads,strength", [(4, 1.0), (9, 2.5), (6, 0.3)])
 def test_fast_path_equals_reference_path(grid, heads, strength):
     fast = perturbed_gpsa(heads * 8, heads, strength)
     ref = GPSA(heads * 8, heads, locality_strength=strength, fused_attn=False)
@@ -54,7 +54,7 @@ def test_fast_path_equals_reference_path_bf16():
         assert (g_f[name].float() - g_r[name].float()).abs().max() / scale < 5e-2, name
 
 
-@pytest.mark.parametrize('side', [3, 5])
+@pytest.mark.parametrize("side", [3, 5])
 def test_reference_path_equals_timm_gpsa(side):
     ours = perturbed_gpsa(36, 9, 1.5, fused_attn=False)
     theirs = TimmGPSA(36, 9, locality_strength=1.5)
@@ -64,16 +64,16 @@ def test_reference_path_equals_timm_gpsa(side):
 
 
 def test_local_init_matches_timm():
-    ours, theirs = GPSA(64, 16, locality_strength=2.), TimmGPSA(64, 16, locality_strength=2.)
+    ours, theirs = GPSA(64, 16, locality_strength=2.0), TimmGPSA(64, 16, locality_strength=2.0)
     ours.local_init()
     theirs.local_init()
     torch.testing.assert_close(ours.pos_proj.weight, theirs.pos_proj.weight)
     torch.testing.assert_close(ours.v.weight, theirs.v.weight)
 
 
-@pytest.mark.parametrize('heads', [4, 9, 16])
+@pytest.mark.parametrize("heads", [4, 9, 16])
 def test_local_init_peaks_at_each_heads_kernel_offset(heads):
-    layer = GPSA(heads * 4, heads, locality_strength=1.)
+    layer = GPSA(heads * 4, heads, locality_strength=1.0)
     layer.local_init()
     grid = (9, 9)
     attn = layer.positional_attention(grid)  # H x N x N
@@ -84,16 +84,16 @@ def test_local_init_peaks_at_each_heads_kernel_offset(heads):
         if float(dx).is_integer() and float(dy).is_integer():
             assert (col - 4, row - 4) == (dx, dy)
         else:  # even kernels sit between patches: the peak is one of the nearest ones
-            assert abs(col - 4 - dx) == .5 and abs(row - 4 - dy) == .5
+            assert abs(col - 4 - dx) == 0.5 and abs(row - 4 - dy) == 0.5
 
 
 def test_relative_offsets_match_timm_convention():
     theirs = TimmGPSA(8, 4).get_rel_indices(16)[0]
-    torch.testing.assert_close(relative_offsets((4, 4), torch.device('cpu')), theirs)
+    torch.testing.assert_close(relative_offsets((4, 4), torch.device("cpu")), theirs)
 
 
 def test_positional_factors_have_no_denormals():
-    layer = GPSA(64, 16, locality_strength=8.)
+    layer = GPSA(64, 16, locality_strength=8.0)
     layer.local_init()
     p_rows, p_cols = layer._separable_positional((24, 24))
     tiny = torch.finfo(torch.float32).tiny
@@ -115,7 +115,9 @@ def test_attention_dropout_uses_reference_path_in_training_only():
     layer.train()
     assert not torch.equal(layer(x, (4, 4)), layer(x, (4, 4)))
     layer.eval()
-    torch.testing.assert_close(layer(x, (4, 4)), layer._forward_reference(x, (4, 4)) @ layer.proj.weight.T + layer.proj.bias)
+    torch.testing.assert_close(
+        layer(x, (4, 4)), layer._forward_reference(x, (4, 4)) @ layer.proj.weight.T + layer.proj.bias
+    )
 
 
 def test_inference_mode_then_training_step_then_dtype_move():
@@ -131,7 +133,7 @@ def test_inference_mode_then_training_step_then_dtype_move():
 
 
 def test_grid_mismatch_is_a_clear_error():
-    with pytest.raises(ValueError, match='16 tokens for a 3x4 patch grid'):
+    with pytest.raises(ValueError, match="16 tokens for a 3x4 patch grid"):
         perturbed_gpsa(32, 4)(torch.randn(1, 16, 32), (3, 4))
 
 

@@ -1,4 +1,5 @@
 """The benchmark script runs end to end on a tiny configuration (it measures, it asserts no speed)."""
+
 import json
 import subprocess
 import sys
@@ -8,21 +9,42 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_runs_and_writes_json(tmp_path):
-    out = tmp_path / 'bench.json'
+    out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / 'benchmarks' / 'bench_models.py'), '--model', 'convit_tiny', '--batch', '2',
-         '--img-size', '32', '--repeats', '1', '--warmup', '0', '--json', str(out)],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_models.py"),
+            "--model",
+            "convit_tiny",
+            "--batch",
+            "2",
+            "--img-size",
+            "32",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    for figure in ('inference_images_per_s', 'train_images_per_s', 'train_peak_memory_mib', 'saved_activations_mib'):
-        assert set(result[figure]) == {'ours', 'timm_convit', 'vit'}
+    for figure in ("inference_images_per_s", "train_images_per_s", "train_peak_memory_mib", "saved_activations_mib"):
+        assert set(result[figure]) == {"ours", "timm_convit", "vit"}
         assert all(value > 0 for value in result[figure].values()), result[figure]
-        assert set(result['ratios'][figure]) == {'ours/vit', 'ours/timm_convit', 'timm_convit/vit'}
-    assert '| train-step peak MiB |' in done.stdout and '| activations saved for backward, MiB |' in done.stdout
+        assert set(result["ratios"][figure]) == {"ours/vit", "ours/timm_convit", "timm_convit/vit"}
+    assert "| train-step peak MiB |" in done.stdout and "| activations saved for backward, MiB |" in done.stdout
 
 
 def test_benchmark_rejects_an_image_size_off_the_patch_grid():
-    done = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'bench_models.py'), '--img-size', '230'],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and 'not a multiple of the patch size 16' in done.stderr
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_models.py"), "--img-size", "230"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "not a multiple of the patch size 16" in done.stderr

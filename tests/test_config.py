@@ -6,8 +6,7 @@ import pytest
 from convit.config import Config, ConfigError, error_line, from_dict, load_yaml, parse_args, to_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-VARIANTS = ["convit_tiny", "convit_tiny_plus", "convit_small", "convit_small_plus", "convit_base",
-            "convit_base_plus"]
+VARIANTS = ["convit_tiny", "convit_tiny_plus", "convit_small", "convit_small_plus", "convit_base", "convit_base_plus"]
 
 
 def test_digits_yaml_is_the_default():
@@ -16,9 +15,25 @@ def test_digits_yaml_is_the_default():
 
 
 def test_command_line_overrides_yaml():
-    cfg = parse_args(["--config", str(CONFIGS / "convit_small_in1k.yaml"), "--epochs", "1",
-                      "--lr", "1e-3", "--data-path", "/data/imagenet", "--scale", "0.5,1",
-                      "--clip-grad", "none", "--model-ema", "false", "--repeated-aug"])
+    cfg = parse_args(
+        [
+            "--config",
+            str(CONFIGS / "convit_small_in1k.yaml"),
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-3",
+            "--data-path",
+            "/data/imagenet",
+            "--scale",
+            "0.5,1",
+            "--clip-grad",
+            "none",
+            "--model-ema",
+            "false",
+            "--repeated-aug",
+        ]
+    )
     assert (cfg.epochs, cfg.lr, cfg.data_path, cfg.data) == (1, 1e-3, "/data/imagenet", "imagefolder")
     assert cfg.scale == (0.5, 1.0) and cfg.clip_grad is None
     assert cfg.model_ema is False and cfg.repeated_aug is True
@@ -37,13 +52,16 @@ def test_unknown_key_in_yaml(tmp_path):
         load_yaml(path)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--epochs", "x"], "config key 'epochs'"),
-    (["--data", "imagefolder"], "needs --data-path"),
-    (["--sampling-ratio", "0"], "sampling_ratio"),
-    (["--config", "no/such.yaml"], "not found"),
-    (["--mixup", "0.8", "--batch-size", "3"], "even --batch-size"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "x"], "config key 'epochs'"),
+        (["--data", "imagefolder"], "needs --data-path"),
+        (["--sampling-ratio", "0"], "sampling_ratio"),
+        (["--config", "no/such.yaml"], "not found"),
+        (["--mixup", "0.8", "--batch-size", "3"], "even --batch-size"),
+    ],
+)
 def test_bad_values_are_config_errors(argv, message):
     with pytest.raises(ConfigError, match=message):
         parse_args(argv)
@@ -71,8 +89,7 @@ def test_ablation_and_data_efficiency_recipes():
 
     assert load("ablation_deit_small_in1k").local_up_to_layer == 0
     assert load("ablation_convit_small_in1k_no_local_init").local_init is False
-    assert {load(f"ablation_convit_small_in1k_locality_{a}").locality_strength
-            for a in ("0p5", "2p0")} == {0.5, 2.0}
+    assert {load(f"ablation_convit_small_in1k_locality_{a}").locality_strength for a in ("0p5", "2p0")} == {0.5, 2.0}
     assert load("convit_small_in1k_10pct").sampling_ratio == 0.1
     assert load("deit_small_in1k_10pct").local_up_to_layer == 0
 
@@ -86,7 +103,9 @@ def test_every_config_file_loads():
 def test_error_line_strips_worker_tracebacks():
     from convit.data import DataError
 
-    wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback:\n"
-                        "  File x\nconvit.data.DataError: cannot read image 'a.jpg'; delete it")
+    wrapped = DataError(
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback:\n"
+        "  File x\nconvit.data.DataError: cannot read image 'a.jpg'; delete it"
+    )
     assert error_line(wrapped) == "cannot read image 'a.jpg'; delete it"
     assert error_line(ConfigError("unknown config key 'x'")) == "unknown config key 'x'"

@@ -3,12 +3,20 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import make_image_folder
 from timm.data.distributed_sampler import RepeatAugSampler
 
-from conftest import make_image_folder
 from convit.config import parse_args
-from convit.data import (DataError, build_datasets, build_loaders, class_balanced_subset,
-                         digits_split, pil_rgb_loader, shard, train_sampler)
+from convit.data import (
+    DataError,
+    build_datasets,
+    build_loaders,
+    class_balanced_subset,
+    digits_split,
+    pil_rgb_loader,
+    shard,
+    train_sampler,
+)
 
 
 def test_class_balanced_subset_sizes_and_determinism():

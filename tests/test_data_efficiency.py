@@ -1,4 +1,5 @@
 """experiments/data_efficiency.py: a tiny real run end to end, and its pure helpers."""
+
 import csv
 import math
 import subprocess
@@ -6,7 +7,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, child_env
 
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -20,13 +20,37 @@ def read(path):
 
 def test_tiny_run_writes_every_output(tmp_path):
     """One fraction, one seed, both models, 3 steps of a 2-block model: all files, right rows."""
-    cmd = [sys.executable, str(ROOT / "experiments" / "data_efficiency.py"), "--fractions", "0.1",
-           "--seeds", "0", "--steps", "3", "--warmup-steps", "1", "--embed-dim", "32", "--depth", "2",
-           "--local-up-to-layer", "1", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "data_efficiency.py"),
+        "--fractions",
+        "0.1",
+        "--seeds",
+        "0",
+        "--steps",
+        "3",
+        "--warmup-steps",
+        "1",
+        "--embed-dim",
+        "32",
+        "--depth",
+        "2",
+        "--local-up-to-layer",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert {p.name for p in tmp_path.iterdir()} == {
-        "results.csv", "locality.csv", "locality_init.csv", "summary.csv", "summary.md", "data_efficiency.png", "locality.png"}
+        "results.csv",
+        "locality.csv",
+        "locality_init.csv",
+        "summary.csv",
+        "summary.md",
+        "data_efficiency.png",
+        "locality.png",
+    }
     progress = [line for line in proc.stdout.splitlines() if line.startswith("[")]
     assert len(progress) == 2 and all("ETA" in line for line in progress)
 
@@ -76,13 +100,14 @@ def test_every_run_takes_the_same_number_of_steps():
         passes = len(flat) // n
         assert passes >= 1
         for p in range(passes):
-            assert sorted(flat[p * n:(p + 1) * n]) == list(range(n))
+            assert sorted(flat[p * n : (p + 1) * n]) == list(range(n))
 
 
 def test_summary_pairs_seeds_and_quotes_the_paper():
-    rows = [{"model": m, "fraction": "0.05", "seed": s, "train_images": "70", "val_acc1": a}
-            for m, s, a in [("convit", 0, 90), ("convit", 1, 80), ("deit", 0, 70), ("deit", 1, 70),
-                            ("convit", 2, 50)]]
+    rows = [
+        {"model": m, "fraction": "0.05", "seed": s, "train_images": "70", "val_acc1": a}
+        for m, s, a in [("convit", 0, 90), ("convit", 1, 80), ("deit", 0, 70), ("deit", 1, 70), ("convit", 2, 50)]
+    ]
     (row,) = de.summarize(rows)
     assert row["convit_n"] == 3 and row["deit_n"] == 2
     assert row["gap_seeds"] == 2 and row["gap_mean"] == pytest.approx(15.0)

@@ -1,6 +1,6 @@
 import torch
-
 from conftest import NO_AUG, TINY_MODEL, run_script
+
 from convit.checkpoint import read_checkpoint
 from convit.distributed import all_reduce_sum, init_distributed
 from convit.engine import create_model
@@ -16,15 +16,32 @@ def test_single_process_world(monkeypatch):
 
 def test_ddp_step_equals_single_process_step_on_the_concatenated_batch(folder, tmp_path):
     # one SGD step: 2 processes x 12 images vs 1 process x 24 images (the same images, unaugmented)
-    common = ["--data-path", folder, *TINY_MODEL, *NO_AUG, "--epochs", "1", "--opt", "sgd",
-              "--lr", "0.5", "--lr-base-batch", "0", "--warmup-epochs", "0", "--weight-decay", "0"]
+    common = [
+        "--data-path",
+        folder,
+        *TINY_MODEL,
+        *NO_AUG,
+        "--epochs",
+        "1",
+        "--opt",
+        "sgd",
+        "--lr",
+        "0.5",
+        "--lr-base-batch",
+        "0",
+        "--warmup-epochs",
+        "0",
+        "--weight-decay",
+        "0",
+    ]
     run_script("train.py", common + ["--batch-size", "12", "--output-dir", tmp_path / "ddp"], nproc=2)
     run_script("train.py", common + ["--batch-size", "24", "--output-dir", tmp_path / "single"])
     ddp = read_checkpoint(tmp_path / "ddp" / "last.pth")["model"]
     single = read_checkpoint(tmp_path / "single" / "last.pth")["model"]
     torch.manual_seed(0)  # train.py's seed: the shared initial weights
-    initial = create_model("convit_tiny", 3, img_size=16, patch_size=8, embed_dim=32, num_heads=4,
-                           depth=2, local_up_to_layer=1).state_dict()
+    initial = create_model(
+        "convit_tiny", 3, img_size=16, patch_size=8, embed_dim=32, num_heads=4, depth=2, local_up_to_layer=1
+    ).state_dict()
     moved = max((single[k] - initial[k]).abs().max().item() for k in single)
     assert moved > 1e-3  # the step did change the weights
     for k in single:
@@ -32,8 +49,19 @@ def test_ddp_step_equals_single_process_step_on_the_concatenated_batch(folder, t
 
 
 def test_resume_under_a_different_world_size(folder, tmp_path):
-    args = ["--data-path", folder, *TINY_MODEL, "--epochs", "2", "--batch-size", "4",
-            "--repeated-aug", "--model-ema", "--output-dir", tmp_path]
+    args = [
+        "--data-path",
+        folder,
+        *TINY_MODEL,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--repeated-aug",
+        "--model-ema",
+        "--output-dir",
+        tmp_path,
+    ]
     run_script("train.py", args + ["--stop-after", "1"], nproc=2)
     first = read_checkpoint(tmp_path / "last.pth")
     run_script("train.py", args + ["--resume", "auto", "--batch-size", "8"])  # same global batch

@@ -2,18 +2,18 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.scheduler import create_scheduler_v2
+from torch.utils.data import DataLoader, TensorDataset
 
 from convit.config import ConfigError, parse_args
-from convit.engine import (build_criterion, build_mixup, create_model, evaluate, model_kwargs,
-                           train_one_epoch)
+from convit.engine import build_criterion, build_mixup, create_model, evaluate, model_kwargs, train_one_epoch
 
 
 def test_embed_dim_is_the_total_width():
-    model = create_model("convit_tiny", 10, img_size=16, patch_size=8, embed_dim=32, num_heads=4,
-                         depth=2, local_up_to_layer=1)
+    model = create_model(
+        "convit_tiny", 10, img_size=16, patch_size=8, embed_dim=32, num_heads=4, depth=2, local_up_to_layer=1
+    )
     assert model.embed_dim == 32 and model.head.in_features == 32 and len(model.blocks) == 2
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
 
@@ -48,13 +48,13 @@ def test_train_one_epoch_learns_and_follows_the_schedule():
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
     model = torch.nn.Linear(8, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=4, min_lr=0.0,
-                                       step_on_epochs=True)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=4, min_lr=0.0, step_on_epochs=True)
     criterion = torch.nn.CrossEntropyLoss()
     losses, updates = [], 0
     for epoch in range(4):
-        stats = train_one_epoch(model, loader, optimizer, criterion, torch.device("cpu"), epoch,
-                                scheduler=scheduler, num_updates=updates)
+        stats = train_one_epoch(
+            model, loader, optimizer, criterion, torch.device("cpu"), epoch, scheduler=scheduler, num_updates=updates
+        )
         updates = stats["num_updates"]
         losses.append(stats["train_loss"])
     assert updates == 16 and stats["train_images"] == 64

@@ -7,18 +7,34 @@ from convit import ConViT
 from convit.attention import GPSA
 
 
-def small_convit(img_size=48, patch_size=16, heads=4, head_width=12, depth=4, local_up_to_layer=2,
-                 locality_strength=1., **kwargs) -> ConViT:
-    return ConViT(img_size=img_size, patch_size=patch_size, embed_dim=heads * head_width, num_heads=heads,
-                  depth=depth, local_up_to_layer=local_up_to_layer, locality_strength=locality_strength,
-                  num_classes=7, **kwargs)
+def small_convit(
+    img_size=48, patch_size=16, heads=4, head_width=12, depth=4, local_up_to_layer=2, locality_strength=1.0, **kwargs
+) -> ConViT:
+    return ConViT(
+        img_size=img_size,
+        patch_size=patch_size,
+        embed_dim=heads * head_width,
+        num_heads=heads,
+        depth=depth,
+        local_up_to_layer=local_up_to_layer,
+        locality_strength=locality_strength,
+        num_classes=7,
+        **kwargs,
+    )
 
 
 def timm_twin(model: ConViT, img_size: int) -> TimmConVit:
     """timm's ConVit with the same shape and weights (timm's embed_dim is per head)."""
-    twin = TimmConVit(img_size=img_size, patch_size=model.patch_size[0], embed_dim=model.embed_dim // model.num_heads,
-                      num_heads=model.num_heads, depth=len(model.blocks), local_up_to_layer=model.local_up_to_layer,
-                      locality_strength=model.locality_strength, num_classes=model.num_classes)
+    twin = TimmConVit(
+        img_size=img_size,
+        patch_size=model.patch_size[0],
+        embed_dim=model.embed_dim // model.num_heads,
+        num_heads=model.num_heads,
+        depth=len(model.blocks),
+        local_up_to_layer=model.local_up_to_layer,
+        locality_strength=model.locality_strength,
+        num_classes=model.num_classes,
+    )
     twin.load_state_dict(model.state_dict(), strict=True)
     return twin
 
@@ -29,9 +45,9 @@ def perturb(model: ConViT) -> ConViT:
         for module in model.modules():
             if isinstance(module, GPSA):
                 module.gating_param.copy_(torch.randn_like(module.gating_param) * 2)
-                module.pos_proj.weight.add_(torch.randn_like(module.pos_proj.weight) * .3)
+                module.pos_proj.weight.add_(torch.randn_like(module.pos_proj.weight) * 0.3)
                 module.pos_proj.bias.copy_(torch.randn_like(module.pos_proj.bias))
-        model.pos_embed.normal_(std=.5)
+        model.pos_embed.normal_(std=0.5)
     return model
 
 
@@ -52,8 +68,10 @@ def assert_same_outputs_and_grads(ours, theirs, x, rtol=1e-4, atol=1e-5):
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=rtol, atol=atol, msg=name)
 
 
-@pytest.mark.parametrize('heads,img_size,local_up_to_layer,strength', [
-    (4, 48, 2, 1.), (9, 64, 4, .5), (4, 32, 0, 1.), (16, 48, 3, 3.), (9, 80, 1, 1.)])
+@pytest.mark.parametrize(
+    "heads,img_size,local_up_to_layer,strength",
+    [(4, 48, 2, 1.0), (9, 64, 4, 0.5), (4, 32, 0, 1.0), (16, 48, 3, 3.0), (9, 80, 1, 1.0)],
+)
 def test_equals_timm_convit_outputs_and_gradients(heads, img_size, local_up_to_layer, strength):
     ours = perturb(small_convit(img_size, heads=heads, local_up_to_layer=local_up_to_layer, locality_strength=strength))
     theirs = timm_twin(ours, img_size)
@@ -70,7 +88,9 @@ def test_fast_path_equals_reference_path_on_a_non_square_image():
 
 def test_state_dict_round_trips_strictly_with_timm():
     ours = perturb(small_convit())
-    theirs = TimmConVit(img_size=48, patch_size=16, embed_dim=12, num_heads=4, depth=4, local_up_to_layer=2, num_classes=7)
+    theirs = TimmConVit(
+        img_size=48, patch_size=16, embed_dim=12, num_heads=4, depth=4, local_up_to_layer=2, num_classes=7
+    )
     theirs.load_state_dict(ours.state_dict(), strict=True)
     back = small_convit()
     back.load_state_dict(theirs.state_dict(), strict=True)
@@ -101,11 +121,14 @@ def test_finetune_step_at_another_resolution():
     assert model.pos_embed.grad.shape == model.pos_embed.shape
 
 
-@pytest.mark.parametrize('shape,message', [
-    ((1, 3, 50, 48), r'image size 50x48 is not divisible by the patch size 16x16: .* e\.g\. 48x48'),
-    ((1, 1, 48, 48), r'expects 3 image channels \(in_chans=3\), got 1'),
-    ((3, 48, 48), r'expects images shaped \(batch, 3, height, width\)'),
-])
+@pytest.mark.parametrize(
+    "shape,message",
+    [
+        ((1, 3, 50, 48), r"image size 50x48 is not divisible by the patch size 16x16: .* e\.g\. 48x48"),
+        ((1, 1, 48, 48), r"expects 3 image channels \(in_chans=3\), got 1"),
+        ((3, 48, 48), r"expects images shaped \(batch, 3, height, width\)"),
+    ],
+)
 def test_bad_images_are_clear_errors(shape, message):
     with pytest.raises(ValueError, match=message):
         small_convit()(torch.randn(shape))
@@ -128,11 +151,11 @@ def test_forward_intermediates_equal_timm():
 def test_timm_model_interface():
     model = small_convit()
     assert model.get_classifier() is model.head
-    assert model.no_weight_decay() == {'pos_embed', 'cls_token'}
-    assert 'blocks' in model.group_matcher()
-    model.reset_classifier(3, 'avg')
+    assert model.no_weight_decay() == {"pos_embed", "cls_token"}
+    assert "blocks" in model.group_matcher()
+    model.reset_classifier(3, "avg")
     assert model(torch.randn(1, 3, 48, 48)).shape == (1, 3)
-    model.reset_classifier(0, '')
+    model.reset_classifier(0, "")
     assert model(torch.randn(1, 3, 48, 48)).shape == (1, 10, 48)
     kept = model.prune_intermediate_layers(indices=[1])
     assert kept == [1] and len(model.blocks) == 2 and model.cls_token is None
@@ -147,9 +170,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_bad_constructor_arguments_are_clear_errors():
-    with pytest.raises(ValueError, match='not divisible by num_heads=5'):
+    with pytest.raises(ValueError, match="not divisible by num_heads=5"):
         ConViT(embed_dim=48, num_heads=5)
-    with pytest.raises(ValueError, match='local_up_to_layer=13 must lie between 0 and depth=12'):
+    with pytest.raises(ValueError, match="local_up_to_layer=13 must lie between 0 and depth=12"):
         ConViT(local_up_to_layer=13, depth=12)
 
 
@@ -158,13 +181,13 @@ def test_fast_path_equals_reference_path_under_bf16_autocast():
     reference = small_convit(heads=9, fused_attn=False)
     reference.load_state_dict(fast.state_dict())
     x = torch.randn(2, 3, 48, 48)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         out_f, out_r = fast(x), reference(x)
     out_f.float().sum().backward()
     out_r.float().sum().backward()
     torch.testing.assert_close(out_f.float(), out_r.float(), rtol=5e-2, atol=5e-2)
     for (name, a), (_, b) in zip(fast.named_parameters(), reference.named_parameters()):
-        if a.grad is None or name.endswith('pos_proj.bias'):
+        if a.grad is None or name.endswith("pos_proj.bias"):
             continue
         scale = b.grad.abs().max().clamp_min(1e-6)
         assert ((a.grad - b.grad).abs().max() / scale).item() < 5e-2, name

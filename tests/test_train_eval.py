@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL, make_image_folder, read_log, run_module, run_script
+
 from convit.checkpoint import FORMAT, CheckpointError, read_checkpoint
 
 TIMING = ("epoch_time_s", "train_images_per_s")
@@ -13,8 +13,9 @@ TIMING = ("epoch_time_s", "train_images_per_s")
 def trained(folder, tmp_path_factory):
     """A 1-epoch tiny run on the generated folder (its best.pth feeds the evaluation tests)."""
     out = tmp_path_factory.mktemp("run")
-    run_script("train.py", ["--data-path", folder, *TINY_MODEL, "--epochs", "1", "--batch-size", "8",
-                            "--output-dir", out])
+    run_script(
+        "train.py", ["--data-path", folder, *TINY_MODEL, "--epochs", "1", "--batch-size", "8", "--output-dir", out]
+    )
     return out
 
 
@@ -36,8 +37,11 @@ def test_eval_counts_are_identical_with_1_and_2_processes(trained, tmp_path):
     results = []
     for nproc in (1, 2):
         out = tmp_path / f"r{nproc}.json"
-        run_script("eval.py", ["--checkpoint", trained / "best.pth", "--num-workers", "0",
-                               "--batch-size", "4", "--output", out], nproc=nproc)
+        run_script(
+            "eval.py",
+            ["--checkpoint", trained / "best.pth", "--num-workers", "0", "--batch-size", "4", "--output", out],
+            nproc=nproc,
+        )
         results.append(json.loads(out.read_text()))
     one, two = results
     assert one["val_images"] == two["val_images"] == 21  # odd: no image padded or dropped
@@ -49,9 +53,27 @@ def test_eval_counts_are_identical_with_1_and_2_processes(trained, tmp_path):
 
 
 def test_stopped_and_resumed_run_matches_an_uninterrupted_one(folder, tmp_path):
-    args = ["--data-path", folder, *TINY_MODEL, "--epochs", "2", "--batch-size", "8",
-            "--repeated-aug", "--mixup", "0.8", "--cutmix", "1.0", "--smoothing", "0.1",
-            "--model-ema", "--model-ema-decay", "0.9", "--drop-path", "0.1"]
+    args = [
+        "--data-path",
+        folder,
+        *TINY_MODEL,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--repeated-aug",
+        "--mixup",
+        "0.8",
+        "--cutmix",
+        "1.0",
+        "--smoothing",
+        "0.1",
+        "--model-ema",
+        "--model-ema-decay",
+        "0.9",
+        "--drop-path",
+        "0.1",
+    ]
     run_script("train.py", args + ["--output-dir", tmp_path / "full"])
     run_script("train.py", args + ["--output-dir", tmp_path / "part", "--stop-after", "1"])
     assert len(read_log(tmp_path / "part")) == 1
@@ -95,8 +117,11 @@ def test_unreadable_image_stops_without_a_checkpoint(tmp_path):
     (root / "train" / "class_1" / "001.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "out"
     for workers in ("0", "1"):  # in the main process and in a DataLoader worker
-        proc = run_script("train.py", ["--data-path", root, *TINY_MODEL, "--num-workers", workers,
-                                       "--batch-size", "4", "--output-dir", out], check=False)
+        proc = run_script(
+            "train.py",
+            ["--data-path", root, *TINY_MODEL, "--num-workers", workers, "--batch-size", "4", "--output-dir", out],
+            check=False,
+        )
         line = one_error_line(proc)
         assert "cannot read image '" in line and "class_1/001.jpg" in line
     assert not any(p.suffix in (".pth", ".tmp") for p in out.iterdir())
@@ -107,8 +132,19 @@ def test_corrupt_checkpoint(trained, tmp_path, folder):
     bad.write_bytes((trained / "best.pth").read_bytes()[:1000])
     line = one_error_line(run_script("eval.py", ["--checkpoint", bad], check=False))
     assert "is corrupt or truncated" in line
-    args = ["--data-path", folder, *TINY_MODEL, "--epochs", "2", "--batch-size", "8",
-            "--output-dir", tmp_path / "o", "--resume", bad]
+    args = [
+        "--data-path",
+        folder,
+        *TINY_MODEL,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--output-dir",
+        tmp_path / "o",
+        "--resume",
+        bad,
+    ]
     line = one_error_line(run_script("train.py", args, check=False))
     assert "is corrupt or truncated" in line
 
@@ -128,9 +164,24 @@ def test_eval_of_an_original_authors_checkpoint(folder, tmp_path):
     path = tmp_path / "convit_tiny_official.pth"
     torch.save({"model": model.state_dict(), "epoch": 299, "args": argparse.Namespace(lr=5e-4)}, path)
     out = tmp_path / "r.json"
-    result = eval_script.main(eval_script.parse_args([
-        "--model", "convit_tiny", "--checkpoint", str(path), "--img-size", "32",
-        "--data-path", str(folder), "--num-workers", "0", "--output", str(out)]))
+    result = eval_script.main(
+        eval_script.parse_args(
+            [
+                "--model",
+                "convit_tiny",
+                "--checkpoint",
+                str(path),
+                "--img-size",
+                "32",
+                "--data-path",
+                str(folder),
+                "--num-workers",
+                "0",
+                "--output",
+                str(out),
+            ]
+        )
+    )
     assert result["val_images"] == 21 and json.loads(out.read_text())["val_correct1"] == result["val_correct1"]
     with pytest.raises(CheckpointError, match="name its variant with --model"):
         eval_script.main(eval_script.parse_args(["--checkpoint", str(path), "--data-path", str(folder)]))
@@ -153,8 +204,22 @@ def test_a_checkpoint_carrying_code_is_refused_by_every_entry_point(trained, tmp
     torch.save({**ckpt, "extra": _Payload(marker)}, evil)  # a real best.pth plus a payload
     runs = [
         ("eval.py", ["--checkpoint", evil]),
-        ("train.py", ["--data-path", folder, *TINY_MODEL, "--epochs", "2", "--batch-size", "8",
-                      "--output-dir", tmp_path / "o", "--resume", evil]),
+        (
+            "train.py",
+            [
+                "--data-path",
+                folder,
+                *TINY_MODEL,
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--output-dir",
+                tmp_path / "o",
+                "--resume",
+                evil,
+            ],
+        ),
     ]
     for script, args in runs:
         proc = run_script(script, args, check=False)
