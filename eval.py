@@ -12,16 +12,17 @@ authors' ({"model": state_dict}). Every validation image is counted once, whatev
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from convit.checkpoint import FORMAT, CheckpointError, model_from_checkpoint
-from convit.config import Config, ConfigError, error_line, from_dict, validate
-from convit.data import DataError, build_loaders
-from convit.distributed import cleanup, init_distributed
-from convit.engine import create_model, evaluate
+from convit.errors import run_entry_point
+from convit.training.config import Config, from_dict, validate
+from convit.training.data import DataError, build_loaders
+from convit.training.distributed import cleanup, init_distributed
+from convit.training.engine import evaluate
+from convit.variants import create_model
+from convit.weights import FORMAT, model_from_checkpoint
 
 
 def parse_args(argv=None):
@@ -110,8 +111,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {error_line(e)}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point("eval.py", lambda: main(parse_args()))

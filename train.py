@@ -9,7 +9,6 @@ Writes OUTPUT_DIR/{config.yaml, log.jsonl, last.pth, best.pth}. `--resume auto` 
 """
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -18,20 +17,22 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler
 from torch.nn.parallel import DistributedDataParallel
 
-from convit.checkpoint import FORMAT, CheckpointError, load_weights, read_checkpoint, save_checkpoint, training_state
-from convit.config import Config, ConfigError, error_line, parse_args, save_yaml, to_dict
-from convit.data import DataError, build_loaders
-from convit.distributed import barrier, cleanup, init_distributed
-from convit.engine import (
+from convit.errors import run_entry_point
+from convit.locality import epoch_locality
+from convit.training.checkpoint import FORMAT, save_checkpoint, training_state
+from convit.training.config import Config, parse_args, save_yaml, to_dict
+from convit.training.data import build_loaders
+from convit.training.distributed import barrier, cleanup, init_distributed
+from convit.training.engine import (
     build_criterion,
     build_mixup,
-    create_model,
     evaluate,
     model_kwargs,
     seed_everything,
     train_one_epoch,
 )
-from convit.locality import epoch_locality
+from convit.variants import create_model
+from convit.weights import load_weights, read_checkpoint
 
 
 def resume_path(cfg: Config):
@@ -202,8 +203,4 @@ def main(cfg: Config) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {error_line(e)}", file=sys.stderr)
-        sys.exit(2)
+    run_entry_point("train.py", lambda: main(parse_args()))

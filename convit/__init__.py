@@ -1,8 +1,17 @@
-"""ConViT models (d'Ascoli et al., 2021); importing this package registers them with timm."""
+"""ConViT models (d'Ascoli et al., 2021); importing this package registers them with timm (module ``convit``).
+
+The zoo needs only torch and timm: the training system (``convit.training``) and the analysis
+(``convit.locality``) are imported only when asked for.
+"""
+
+import sys
 
 from .attention import GPSA, MHSA
+from .errors import UserError
 from .model import ConViT
-from .variants import VARIANTS, checkpoint_filter_fn
+from .variants import VARIANTS, checkpoint_filter_fn, create_model, register_models
 
-__all__ = ["ConViT", "GPSA", "MHSA", "VARIANTS", "checkpoint_filter_fn"]
+register_models(sys.modules[__name__])
+
+__all__ = ["ConViT", "GPSA", "MHSA", "UserError", "VARIANTS", "checkpoint_filter_fn", "create_model", *VARIANTS]
 __version__ = "0.1.0"

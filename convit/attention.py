@@ -46,6 +46,16 @@ def _flush_tiny(probs: torch.Tensor) -> torch.Tensor:
     return probs.masked_fill(probs < 1e-30, 0.0)
 
 
+def check_tokens(x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """Return ``x`` (B x N x C) unchanged, or raise when N is not the number of patches of ``grid_size``."""
+    if grid_size[0] * grid_size[1] != x.shape[1]:
+        raise ValueError(f"GPSA got {x.shape[1]} tokens for a {grid_size[0]}x{grid_size[1]} patch grid")
+    return x
+
+
+torch.fx.wrap("check_tokens")  # a leaf call for every torch.fx tracer: the check is Python control flow
+
+
 @register_notrace_module  # shape checks and the fast/reference switch are Python control flow
 class GPSA(nn.Module):
     """Gated positional self-attention over patch tokens laid out on a ``grid_size`` grid."""
@@ -140,9 +150,7 @@ class GPSA(nn.Module):
         return attn / attn.sum(dim=-1, keepdim=True)
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-        B, N, C = x.shape
-        if grid_size[0] * grid_size[1] != N:
-            raise ValueError(f"GPSA got {N} tokens for a {grid_size[0]}x{grid_size[1]} patch grid")
+        x = check_tokens(x, grid_size)
         if self.fused_attn and not (self.training and self.attn_drop.p > 0.0):
             x = self._forward_fast(x, grid_size)
         else:

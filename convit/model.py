@@ -2,7 +2,8 @@
 
 The module tree and parameter names are those of ``timm.models.convit.ConVit``, so state dicts load both
 ways with ``strict=True``. Unlike timm's constructor, ``embed_dim`` here is the total width (as in a
-ViT), and any image size divisible by the patch size runs, the position embedding being resampled.
+ViT). As in timm's ViT, ``dynamic_img_size=True`` lets any image size divisible by the patch size run, the
+position embedding being resampled; otherwise another input size is a one-line error.
 """
 
 import torch
@@ -24,7 +25,13 @@ from .attention import GPSA, MHSA
 
 
 @register_notrace_function  # FX cannot trace the Python checks on the image size
-def check_image(x: torch.Tensor, in_chans: int, patch_size: tuple[int, int]) -> torch.Tensor:
+def check_image(
+    x: torch.Tensor,
+    in_chans: int,
+    patch_size: tuple[int, int],
+    img_size: tuple[int, int],
+    dynamic_img_size: bool,
+) -> torch.Tensor:
     """Return ``x`` unchanged, or raise a one-line ValueError saying what is wrong with its shape."""
     if x.dim() != 4:
         raise ValueError(f"ConViT expects images shaped (batch, {in_chans}, height, width), got shape {list(x.shape)}")
@@ -38,6 +45,12 @@ def check_image(x: torch.Tensor, in_chans: int, patch_size: tuple[int, int]) -> 
             f"image size {x.shape[2]}x{x.shape[3]} is not divisible by the patch size "
             f"{patch_size[0]}x{patch_size[1]}: resize or crop to a multiple of it, e.g. "
             f"{x.shape[2] // patch_size[0] * patch_size[0]}x{x.shape[3] // patch_size[1] * patch_size[1]}"
+        )
+    if not dynamic_img_size and (x.shape[2] != img_size[0] or x.shape[3] != img_size[1]):
+        raise ValueError(
+            f"image size {x.shape[2]}x{x.shape[3]} differs from the model's {img_size[0]}x{img_size[1]}: "
+            f"build the model with img_size=({x.shape[2]}, {x.shape[3]}), or with dynamic_img_size=True "
+            "to accept any size (the position embedding is then resampled)"
         )
     return x
 
@@ -57,6 +70,11 @@ def resample_pos_embed(
     grid = pos_embed.reshape(1, trained_grid[0], trained_grid[1], width).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=grid_size, mode="bicubic", align_corners=False, antialias=True)
     return grid.permute(0, 2, 3, 1).reshape(1, grid_size[0] * grid_size[1], width).to(pos_embed.dtype)
+
+
+# Leaf calls for every torch.fx tracer (torchvision's create_feature_extractor too, not only timm's).
+torch.fx.wrap("check_image")
+torch.fx.wrap("resample_pos_embed")
 
 
 class Block(nn.Module):
@@ -120,6 +138,7 @@ class ConViT(nn.Module):
         local_init: bool = True,
         use_pos_embed: bool = True,
         fused_attn: bool = True,
+        dynamic_img_size: bool = False,
     ):
         super().__init__()
         if global_pool not in ("", "avg", "token"):
@@ -137,6 +156,7 @@ class ConViT(nn.Module):
         self.num_heads = num_heads
         self.locality_strength = locality_strength
         self.use_pos_embed = use_pos_embed
+        self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(
@@ -149,6 +169,7 @@ class ConViT(nn.Module):
         )
         self.patch_size: tuple[int, int] = (int(self.patch_embed.patch_size[0]), int(self.patch_embed.patch_size[1]))
         self.trained_grid: tuple[int, int] = (int(self.patch_embed.grid_size[0]), int(self.patch_embed.grid_size[1]))
+        self.img_size: tuple[int, int] = (int(self.patch_embed.img_size[0]), int(self.patch_embed.img_size[1]))
         self.num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.num_prefix_tokens = 1
@@ -241,8 +262,9 @@ class ConViT(nn.Module):
             else nn.Identity()
         )
 
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = check_image(x, self.in_chans, self.patch_size)
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch tokens (B x N x C) with the position embedding added, and their (rows, cols) grid."""
+        x = check_image(x, self.in_chans, self.patch_size, self.img_size, self.dynamic_img_size)
         x = self.patch_embed(x)
         grid_size = (x.shape[1], x.shape[2])
         x = x.flatten(1, 2)
@@ -250,15 +272,16 @@ class ConViT(nn.Module):
             x = x + resample_pos_embed(self.pos_embed, grid_size, self.trained_grid)
         return self.pos_drop(x), grid_size
 
-    def _join_class_token(self, index: int, x: torch.Tensor) -> torch.Tensor:
+    def join_class_token(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """The tokens that block ``index`` takes: the class token is prepended before the first MHSA block."""
         if index == self.local_up_to_layer and self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, grid_size = self._embed(x)
+        x, grid_size = self.embed(x)
         for i, block in enumerate(self.blocks):
-            x = self._join_class_token(i, x)
+            x = self.join_class_token(i, x)
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(block, x, grid_size, use_reentrant=False)
             else:
@@ -290,11 +313,11 @@ class ConViT(nn.Module):
             raise ValueError(f"output_fmt={output_fmt!r} is not supported: use 'NCHW' or 'NLC'")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         B = x.shape[0]
-        x, grid_size = self._embed(x)
+        x, grid_size = self.embed(x)
         blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[: max_index + 1]
         intermediates = []
         for i, block in enumerate(blocks):
-            x = block(self._join_class_token(i, x), grid_size)
+            x = block(self.join_class_token(i, x), grid_size)
             if i in take_indices:
                 y = self.norm(x) if norm else x
                 intermediates.append(y[:, 1:] if i >= self.local_up_to_layer else y)

@@ -3,6 +3,7 @@
 Every model has depth 12, 10 GPSA blocks and locality strength 1; they differ in heads and head width.
 """
 
+import inspect
 import warnings
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .errors import UserError
 from .model import ConViT
 
 # name: (num_heads, width per head)
@@ -33,7 +35,7 @@ def _cfg(**kwargs) -> dict[str, Any]:
         "pool_size": None,
         "crop_pct": 0.875,
         "interpolation": "bicubic",
-        "fixed_input_size": False,
+        "fixed_input_size": True,  # False for a model built with dynamic_img_size=True
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj",
@@ -79,7 +81,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> ConViT:
         embed_dim=num_heads * head_width, num_heads=num_heads, depth=12, local_up_to_layer=10, locality_strength=1.0
     )
     out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         ConViT,
         variant,
         pretrained,
@@ -87,6 +89,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> ConViT:
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **dict(model_args, **kwargs),
     )
+    if kwargs.get("dynamic_img_size"):
+        model.pretrained_cfg = {**model.pretrained_cfg, "fixed_input_size": False}
+    return model
 
 
 def _entrypoint(variant: str):
@@ -94,14 +99,37 @@ def _entrypoint(variant: str):
         return _create(variant, pretrained, **kwargs)
 
     create.__name__ = create.__qualname__ = variant
+    create.__module__ = "convit"  # timm files a model under its entry point's module: list_models(module="convit")
     create.__doc__ = (
         f"{variant}: {VARIANTS[variant][0]} heads x {VARIANTS[variant][1]} channels, depth 12, 10 GPSA blocks."
     )
     return create
 
 
-with warnings.catch_warnings():
-    # replacing timm's own convit_* entries is intended; timm warns on every overwrite
-    warnings.filterwarnings("ignore", message="Overwriting convit_")
-    for _variant in VARIANTS:
-        globals()[_variant] = register_model(_entrypoint(_variant))
+def register_models(package) -> None:
+    """Register the six entry points with timm under module ``convit`` (``package``), replacing timm's own."""
+    package.default_cfgs = default_cfgs  # timm reads the pretrained cfgs from the entry point's module
+    with warnings.catch_warnings():
+        # replacing timm's own convit_* entries is intended; timm warns on every overwrite
+        warnings.filterwarnings("ignore", message="Overwriting convit_")
+        for variant in VARIANTS:
+            setattr(package, variant, register_model(_entrypoint(variant)))
+
+
+def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) -> ConViT:
+    """``timm.create_model`` for one of the six variants; an unknown name or argument is a UserError."""
+    import timm
+
+    if name not in VARIANTS:
+        raise UserError(f"unknown model '{name}'; use one of {', '.join(sorted(VARIANTS))}")
+    known = set(inspect.signature(ConViT).parameters) | {"features_only", "out_indices", "pretrained_cfg_overlay"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise UserError(
+            f"{name} takes no argument {unknown[0]!r}; model arguments are those of convit.ConViT: "
+            f"{', '.join(sorted(set(inspect.signature(ConViT).parameters) - {'norm_layer'}))}"
+        )
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except ValueError as e:  # ConViT's own argument checks: one line each
+        raise UserError(f"{name}: {e}") from None

@@ -37,10 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
-from convit.config import Config, load_yaml, validate  # noqa: E402
-from convit.data import DigitsDataset, build_loaders, class_balanced_subset, digits_split  # noqa: E402
-from convit.engine import create_model, evaluate, model_kwargs, seed_everything  # noqa: E402
 from convit.locality import locality_report  # noqa: E402
+from convit.training.config import Config, load_yaml, validate  # noqa: E402
+from convit.training.data import DigitsDataset, build_loaders, class_balanced_subset, digits_split  # noqa: E402
+from convit.training.engine import evaluate, model_kwargs, seed_everything  # noqa: E402
+from convit.variants import create_model  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "experiments" / "configs" / "data_efficiency.yaml"
 MODELS = ("convit", "deit")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from convit.config import Config, ConfigError, error_line, from_dict, load_yaml, parse_args, to_dict
+from convit.training.config import Config, ConfigError, from_dict, load_yaml, parse_args, to_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 VARIANTS = ["convit_tiny", "convit_tiny_plus", "convit_small", "convit_small_plus", "convit_base", "convit_base_plus"]
@@ -98,14 +98,3 @@ def test_every_config_file_loads():
     for path in CONFIGS.glob("*.yaml"):
         values = load_yaml(path)
         assert set(values) <= {f.name for f in dataclasses.fields(Config)}, path
-
-
-def test_error_line_strips_worker_tracebacks():
-    from convit.data import DataError
-
-    wrapped = DataError(
-        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback:\n"
-        "  File x\nconvit.data.DataError: cannot read image 'a.jpg'; delete it"
-    )
-    assert error_line(wrapped) == "cannot read image 'a.jpg'; delete it"
-    assert error_line(ConfigError("unknown config key 'x'")) == "unknown config key 'x'"

@@ -6,8 +6,8 @@ import torch
 from conftest import make_image_folder
 from timm.data.distributed_sampler import RepeatAugSampler
 
-from convit.config import parse_args
-from convit.data import (
+from convit.training.config import parse_args
+from convit.training.data import (
     DataError,
     build_datasets,
     build_loaders,

@@ -1,9 +1,9 @@
 import torch
 from conftest import NO_AUG, TINY_MODEL, run_script
 
-from convit.checkpoint import read_checkpoint
-from convit.distributed import all_reduce_sum, init_distributed
-from convit.engine import create_model
+from convit.training.distributed import all_reduce_sum, init_distributed
+from convit.variants import create_model
+from convit.weights import read_checkpoint
 
 
 def test_single_process_world(monkeypatch):

@@ -6,10 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from convit import ConViT
+from convit import ConViT, UserError
 from convit import locality as L
 from convit.attention import GPSA
-from convit.checkpoint import FORMAT, save_checkpoint
+from convit.locality import __main__ as command
+from convit.locality.measures import LocalityError, _ablate_head
+from convit.training.checkpoint import FORMAT, save_checkpoint
 
 
 def save_training_checkpoint(model, path, num_classes=10):
@@ -110,9 +112,9 @@ def test_maps_are_those_of_the_forward_pass():
     x_images = images(model, 4)
     maps = L.attention_maps(model, x_images, batch_size=3)  # two chunks
     with torch.no_grad():
-        x, grid_size = model._embed(x_images)
+        x, grid_size = model.embed(x_images)
         for i, block in enumerate(model.blocks):
-            x = model._join_class_token(i, x)
+            x = model.join_class_token(i, x)
             probs = block.attn.attention_probs(block.norm1(x), grid_size)
             if i >= model.local_up_to_layer:
                 probs = probs[..., 1:, 1:]
@@ -188,7 +190,7 @@ def test_head_ablation_zeroes_exactly_one_head():
         twin.blocks[2].attn.proj.weight[:, 2 * d : 3 * d] = 0
         expected = twin(x)
         model.eval()
-        with L._ablate_head(model, 2, 2):
+        with _ablate_head(model, 2, 2):
             assert torch.allclose(model(x), expected, atol=1e-6)
         # a head that writes nothing cannot change the accuracy when zeroed
         model.blocks[0].attn.proj.weight[:, 3 * d : 4 * d] = 0
@@ -207,7 +209,7 @@ def test_head_ablation_zeroes_exactly_one_head():
         base, shortcut = L.head_ablation(model, x, labels, batch_size=5)
         for b in range(3):
             for h in range(4):
-                with L._ablate_head(model, b, h):
+                with _ablate_head(model, b, h):
                     accuracy = (model(x).argmax(-1) == labels).float().mean().item()
                 assert shortcut[b, h].item() == pytest.approx(1.0 - accuracy)
     assert base == 1.0 and (shortcut > 0).sum() >= 2
@@ -232,7 +234,7 @@ def test_plot_log_over_epochs(tmp_path):
     assert [p.split("/")[-1] for p in paths] == ["nonlocality_over_epochs.png", "gates_over_epochs.png"]
     for path in paths:
         Image.open(path).verify()
-    L.main(["--log", str(log), "--out", str(tmp_path / "cli")])
+    command.main(["--log", str(log), "--out", str(tmp_path / "cli")])
     assert (tmp_path / "cli" / "gates_over_epochs.png").is_file()
 
 
@@ -250,7 +252,7 @@ def test_command_writes_its_files(tmp_path):
     checkpoint = tmp_path / "ckpt.pth"
     save_training_checkpoint(model, checkpoint)
     out = tmp_path / "out"
-    report = L.main(
+    report = command.main(
         [
             "--checkpoint",
             str(checkpoint),
@@ -275,7 +277,7 @@ def test_command_writes_its_files(tmp_path):
     lines = (out / "locality.csv").read_text().splitlines()
     assert lines[0].startswith("block,type,head,nonlocality,gate") and len(lines) == 1 + 3 * 9
     # the loaded weights are the checkpoint's
-    loaded = L.load_model(checkpoint=str(checkpoint))
+    loaded = command.load_model(checkpoint=str(checkpoint))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
@@ -292,8 +294,8 @@ def test_command_errors_are_one_line(tmp_path, argv, message):
     model = ConViT(img_size=16, patch_size=4, embed_dim=36, num_heads=9, depth=3, local_up_to_layer=2, num_classes=10)
     save_training_checkpoint(model, tmp_path / "c.pth")
     argv = [str(tmp_path / "c.pth") if a == "CKPT" else a for a in argv]
-    with pytest.raises(SystemExit) as error:
-        L.main(argv + ["--num-images", "2", "--out", str(tmp_path / "out")])
+    with pytest.raises(UserError) as error:
+        command.main(argv + ["--num-images", "2", "--out", str(tmp_path / "out")])
     text = str(error.value)
     assert message in text and "\n" not in text
 
@@ -333,8 +335,10 @@ def test_module_runs_as_a_command(tmp_path):
 def test_plain_state_dict_of_another_shape_is_a_one_line_error(tmp_path):
     model = ConViT(img_size=16, patch_size=4, embed_dim=36, num_heads=9, depth=3, local_up_to_layer=2, num_classes=10)
     torch.save(model.state_dict(), tmp_path / "plain.pth")
-    with pytest.raises(SystemExit) as error:
-        L.main(["--model", "convit_tiny", "--checkpoint", str(tmp_path / "plain.pth"), "--out", str(tmp_path / "o")])
+    with pytest.raises(UserError) as error:
+        command.main(
+            ["--model", "convit_tiny", "--checkpoint", str(tmp_path / "plain.pth"), "--out", str(tmp_path / "o")]
+        )
     assert "checkpoint pos_embed has shape [1, 16, 36]" in str(error.value) and "\n" not in str(error.value)
 
 
@@ -344,7 +348,7 @@ def test_wrapped_models_are_unwrapped_and_others_refused():
     wrapped = torch.nn.DataParallel(model)  # stands for DistributedDataParallel: the model is in .module
     assert torch.equal(L.nonlocality(wrapped, x), L.nonlocality(model, x))
     assert torch.equal(L.gates(wrapped), L.gates(model))
-    with pytest.raises(TypeError, match="expected a ConViT"):
+    with pytest.raises(LocalityError, match="expected a ConViT"):
         L.gates(torch.nn.Linear(2, 2))
 
 
@@ -355,7 +359,7 @@ def test_command_reads_an_image_folder(tmp_path):
         (tmp_path / "data" / label).mkdir(parents=True)
         for i in range(2):
             Image.new("RGB", (20, 24), (40 * i, 100, 200)).save(tmp_path / "data" / label / f"{i}.png")
-    report = L.main(
+    report = command.main(
         [
             "--checkpoint",
             str(tmp_path / "c.pth"),
@@ -368,9 +372,9 @@ def test_command_reads_an_image_folder(tmp_path):
     )
     assert report["num_images"] == 4 and report["grid_size"] == [4, 4]
     assert report["ablation"]["top1"] in (0.0, 0.25, 0.5, 0.75, 1.0)
-    with pytest.raises(SystemExit, match="not an image folder"):
+    with pytest.raises(UserError, match="not an image folder"):
         (tmp_path / "empty").mkdir()
-        L.main(
+        command.main(
             [
                 "--checkpoint",
                 str(tmp_path / "c.pth"),

@@ -105,7 +105,7 @@ def test_no_local_init_leaves_random_positional_weights():
 
 
 def test_larger_image_resamples_the_position_embedding():
-    model = perturb(small_convit(img_size=32)).eval()
+    model = perturb(small_convit(img_size=32, dynamic_img_size=True)).eval()
     bigger = small_convit(img_size=64).eval()
     bigger.load_state_dict(model.state_dict())  # the pre-hook resamples 2x2 -> 4x4
     expected = resample_abs_pos_embed(model.pos_embed, [4, 4], [2, 2], num_prefix_tokens=0)
@@ -115,7 +115,7 @@ def test_larger_image_resamples_the_position_embedding():
 
 
 def test_finetune_step_at_another_resolution():
-    model = small_convit(img_size=32)
+    model = small_convit(img_size=32, dynamic_img_size=True)
     out = model(torch.randn(2, 3, 48, 80))
     out.sum().backward()
     assert model.pos_embed.grad.shape == model.pos_embed.shape

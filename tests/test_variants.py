@@ -115,7 +115,7 @@ def test_checkpoint_with_wrong_keys_is_a_clear_error(tmp_path, tiny_weights):
         timm.create_model("convit_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
 
 
-# --- the contract of timm's tests/test_models.py, at the sizes it picks for a model without a fixed size ---
+# --- the contract of timm's tests/test_models.py, at the sizes it picks (dynamic_img_size=True: no fixed size) ---
 
 
 @pytest.mark.parametrize("name", ["convit_tiny", "convit_small_plus"])
@@ -123,7 +123,7 @@ def test_timm_contract_forward_and_backward(name):
     model = timm.create_model(name).eval()
     out = model(torch.randn(1, 3, 224, 224))
     assert out.shape == (1, 1000) and not torch.isnan(out).any()
-    model = timm.create_model(name, num_classes=42).train()
+    model = timm.create_model(name, num_classes=42, dynamic_img_size=True).train()
     out = model(torch.randn(2, 3, 128, 128))
     out.mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
@@ -141,7 +141,7 @@ def test_timm_contract_default_cfg_non_std():
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 def test_timm_contract_torchscript():
     with timm.set_scriptable(True):
-        model = timm.create_model("convit_tiny").eval()
+        model = timm.create_model("convit_tiny", dynamic_img_size=True).eval()
     scripted = torch.jit.script(model)
     x = torch.randn(1, 3, 128, 128)
     torch.testing.assert_close(scripted(x), model(x), rtol=1e-4, atol=1e-5)
@@ -194,3 +194,63 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-5)
     compiled(x).sum().backward()
     assert model.blocks[0].attn.gating_param.grad is not None
+
+
+def test_create_model_checks_name_and_arguments():
+    from convit import UserError, create_model
+
+    with pytest.raises(UserError, match="unknown model 'convit_huge'"):
+        create_model("convit_huge", 10)
+    with pytest.raises(UserError, match="convit_tiny takes no argument 'embed_dims'"):
+        create_model("convit_tiny", 10, embed_dims=96)
+    with pytest.raises(UserError, match="not divisible by num_heads=5"):
+        create_model("convit_tiny", 10, embed_dim=96, num_heads=5)
+
+
+def test_models_are_filed_under_module_convit():
+    assert timm.list_models(module="convit") == sorted(VARIANTS)
+
+
+def test_another_input_size_is_an_error_unless_dynamic():
+    model = timm.create_model("convit_tiny", img_size=32, patch_size=8, depth=2, local_up_to_layer=1)
+    assert model.pretrained_cfg["fixed_input_size"] is True
+    with pytest.raises(ValueError, match="image size 48x48 differs from the model's 32x32") as err:
+        model(torch.randn(1, 3, 48, 48))
+    assert "img_size=(48, 48)" in str(err.value) and "dynamic_img_size=True" in str(err.value)
+    dynamic = timm.create_model(
+        "convit_tiny", img_size=32, patch_size=8, depth=2, local_up_to_layer=1, dynamic_img_size=True
+    )
+    assert dynamic.pretrained_cfg["fixed_input_size"] is False
+    assert dynamic(torch.randn(1, 3, 48, 40)).shape == (1, 1000)
+
+
+def test_import_convit_loads_no_training_or_plotting_module():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import timm; before = set(sys.modules); import convit; "
+        "added = sorted(m for m in set(sys.modules) - before if not m.startswith('convit')); "
+        "print(added); print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('matplotlib', 'sklearn', 'convit') and m not in ('convit', 'convit.attention', 'convit.errors', "
+        "'convit.model', 'convit.variants')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[]", "[]"], out
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_torchvision_feature_extractor_traces_the_model(train):
+    from torchvision.models.feature_extraction import create_feature_extractor as tv_feature_extractor
+
+    model = timm.create_model("convit_tiny", num_classes=10, img_size=64, depth=4, local_up_to_layer=2).train(train)
+    extractor = tv_feature_extractor(model, return_nodes={"blocks.1": "gpsa", "blocks.3": "mhsa", "head": "logits"})
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    out = extractor(x)
+    assert out["gpsa"].shape == (2, 16, 192) and out["mhsa"].shape == (2, 17, 192)
+    if not train:
+        torch.testing.assert_close(out["logits"], model(x), rtol=1e-4, atol=1e-5)
+    else:
+        out["logits"].sum().backward()
+        assert model.blocks[0].attn.gating_param.grad is not None

@@ -4,15 +4,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from convit.checkpoint import (
-    CheckpointError,
-    extract_state_dict,
-    load_weights,
-    read_checkpoint,
-    save_checkpoint,
-    training_state,
-)
-from convit.engine import create_model
+from convit.training.checkpoint import save_checkpoint, training_state
+from convit.variants import create_model
+from convit.weights import CheckpointError, extract_state_dict, load_weights, read_checkpoint
 
 TINY = dict(img_size=16, patch_size=8, embed_dim=32, num_heads=4, depth=2, local_up_to_layer=1)
 

@@ -17,13 +17,14 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.datasets import ImageFolder
 
+from ..errors import UserError
 from .config import Config
 
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """A data problem the user can fix (missing folder, unreadable image)."""
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration problem the user can fix (bad key, bad value)."""
 
 
@@ -216,16 +218,3 @@ def from_dict(values: dict) -> Config:
 def save_yaml(cfg: Config, path: str | Path) -> None:
     """Write the resolved config, so a run records exactly what it ran."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def error_line(e: BaseException) -> str:
-    """One line for a user-facing error: the message's last line without a `module.Class: ` prefix.
-
-    DataLoader workers re-raise errors with the worker's traceback prepended to the message.
-    """
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()] or [type(e).__name__]
-    line = lines[-1]
-    name = type(e).__name__
-    if line.startswith(f"{name}: ") or (f".{name}: " in line and line.split(":")[0].endswith(name)):
-        line = line.split(": ", 1)[1]
-    return line

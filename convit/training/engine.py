@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import Config, ConfigError
+from .config import Config
 from .distributed import all_reduce_sum
-from .variants import VARIANTS
 
 _MODEL_KEYS = ("patch_size", "embed_dim", "num_heads", "depth", "mlp_ratio", "local_up_to_layer", "locality_strength")
 
@@ -32,15 +31,6 @@ def model_kwargs(cfg: Config) -> dict:
     if not cfg.local_init:
         kw["local_init"] = False
     return kw
-
-
-def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) -> torch.nn.Module:
-    """timm.create_model for one of convit's variants; `embed_dim` is the total width."""
-    import timm
-
-    if name not in VARIANTS:
-        raise ConfigError(f"unknown model '{name}'; use one of {', '.join(sorted(VARIANTS))}")
-    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
 
 
 def build_criterion(cfg: Config, mixup_active: bool) -> torch.nn.Module:

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic saving, resuming, and reading ours, timm's and the original authors' files.
+"""Reading weights files safely: ours, timm's (``.pth``, ``.safetensors``) and the original authors'.
 
 Ours is a dict: {"format": FORMAT, "model_name", "model_kwargs", "config", "model", "epoch",
 "best_acc1", and for `last.pth` also "optimizer", "scheduler", "scaler", "model_ema", "sampler"}.
@@ -9,14 +9,15 @@ saves {"model": state_dict, ...}. All three share timm's parameter names.
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
+
+from .errors import UserError
+from .variants import create_model
 
 FORMAT = "convit-train-v1"
 # The only non-tensor class that weights files we read may pickle: the original authors' (and
@@ -24,28 +25,8 @@ FORMAT = "convit-train-v1"
 SAFE_GLOBALS = [argparse.Namespace]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the model."""
-
-
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write `state` to `path` atomically: a temp file in the same folder, then os.replace.
-
-    A crash mid-write leaves the previous file intact and no partial file under `path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -111,6 +92,8 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str = "checkp
     """Load a state dict with strict=True; mismatches become one CheckpointError line."""
     try:
         model.load_state_dict(state_dict, strict=True)
+    except ValueError as e:  # the model's own check of a position embedding it cannot resample
+        raise CheckpointError(f"{source} does not fit the model ({e})") from None
     except RuntimeError as e:
         missing, unexpected = _diff(model.state_dict(), state_dict)
         detail = (
@@ -135,8 +118,6 @@ def model_from_checkpoint(
     Ours name their model and its arguments; for the others pass `name` (the variant); the number of
     classes and input channels are read off the weights, `overrides` go to the model's constructor.
     """
-    from .engine import create_model
-
     ckpt = read_checkpoint(path)
     state_dict = extract_state_dict(ckpt, use_ema=use_ema)
     if ckpt.get("format") == FORMAT:
@@ -157,12 +138,3 @@ def model_from_checkpoint(
         )
     load_weights(model, state_dict, f"checkpoint '{path}'")
     return model, ckpt
-
-
-def training_state(ckpt: dict) -> dict:
-    """Our `last.pth` contents, checked to be a resumable checkpoint."""
-    if ckpt.get("format") != FORMAT or "optimizer" not in ckpt:
-        raise CheckpointError(
-            "--resume needs a last.pth written by this train.py (other checkpoints hold weights only)"
-        )
-    return ckpt
