@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from convit.errors import run_entry_point
+from convit.errors import UserError, run_entry_point
+from convit.training.checkpoint import class_difference
 from convit.training.config import Config, from_dict, validate
 from convit.training.data import DataError, build_loaders
 from convit.training.distributed import cleanup, init_distributed
@@ -42,34 +43,52 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, help="loader processes (default: 0 on digits, else 8)")
     p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of the checkpoint")
     p.add_argument("--output", help="write the results to this JSON file")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def check_args(args) -> None:
+    """Every argument checked before the model is built or anything is evaluated."""
     if not args.checkpoint and not args.pretrained:
-        p.error("give --checkpoint FILE or --model NAME --pretrained")
+        raise UserError("give --checkpoint FILE or --model NAME --pretrained")
     if args.pretrained and not args.model:
-        p.error("--pretrained needs --model NAME")
-    return args
+        raise UserError("--pretrained needs --model NAME")
+    for name in ("batch_size", "img_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise UserError(f"--num-workers must be 0 or more, not {args.num_workers}")
+    if args.output and Path(args.output).is_dir():
+        raise UserError(
+            f"--output '{args.output}' is a folder; name a JSON file, e.g. {Path(args.output) / 'results.json'}"
+        )
 
 
 def load_model(args):
-    """(model, Config describing its input) from our checkpoint, a foreign one, or timm's weights."""
+    """(model, Config describing its input, class names or None) from our checkpoint, a foreign one, or timm's."""
     if args.pretrained and not args.checkpoint:
-        model = create_model(args.model, num_classes=1000, pretrained=True)
-        return model, Config(model=args.model, in_chans=3, img_size=model.patch_embed.img_size[0], data="imagefolder")
+        try:
+            model = create_model(args.model, num_classes=1000, pretrained=True)
+        except (OSError, RuntimeError) as e:  # no network, no hub, no file: huggingface_hub's errors are OSErrors
+            raise UserError(
+                f"cannot fetch timm's pretrained weights for {args.model} ({type(e).__name__}); "
+                "without network, download the file elsewhere and pass --checkpoint FILE"
+            ) from None
+        return model, Config(model=args.model, img_size=model.img_size[0], data="imagefolder"), None
     model, ckpt = model_from_checkpoint(
         args.checkpoint, args.model, use_ema=args.use_ema, **({"img_size": args.img_size} if args.img_size else {})
     )
     if ckpt.get("format") == FORMAT:
-        cfg = from_dict(ckpt["config"])
-    else:
-        cfg = Config(
-            model=args.model, in_chans=model.in_chans, img_size=model.patch_embed.img_size[0], data="imagefolder"
-        )
-    return model, cfg
+        return model, from_dict(ckpt["config"]), ckpt.get("class_names")
+    cfg = Config(
+        model=args.model, model_kwargs={"in_chans": model.in_chans}, img_size=model.img_size[0], data="imagefolder"
+    )
+    return model, cfg, None
 
 
 def main(args) -> dict:
+    check_args(args)
     dist = init_distributed()
-    model, cfg = load_model(args)
+    model, cfg, class_names = load_model(args)
     model.to(dist.device)
     if args.data_path:
         cfg.data_path = args.data_path
@@ -88,6 +107,14 @@ def main(args) -> dict:
             f"the model predicts {model.num_classes} classes but the data has "
             f"{loaders.num_classes}; evaluate on the dataset it was trained for"
         )
+    if class_names is None and dist.is_main:
+        print(
+            "note: the checkpoint carries no class names (timm's and the original authors' files do not): "
+            "the data's class folders are taken in sorted order",
+            flush=True,
+        )
+    elif class_names is not None and list(class_names) != loaders.class_names:
+        raise DataError(f"{class_difference(class_names, loaders.class_names)}; evaluate on the data it was trained on")
     amp_dtype = torch.bfloat16 if dist.device.type == "cuda" else None
     stats = evaluate(model, loaders.val, dist.device, amp_dtype)
     results = {

@@ -38,9 +38,16 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
 from convit.locality import locality_report  # noqa: E402
-from convit.training.config import Config, load_yaml, validate  # noqa: E402
-from convit.training.data import DigitsDataset, build_loaders, class_balanced_subset, digits_split  # noqa: E402
-from convit.training.engine import evaluate, model_kwargs, seed_everything  # noqa: E402
+from convit.training.config import Config, load_recipe, validate  # noqa: E402
+from convit.training.data import DigitsDataset, build_loaders, class_balanced_subset, digits_split, input_channels  # noqa: E402
+from convit.training.engine import (  # noqa: E402
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    model_kwargs,
+    seed_everything,
+    train_one_epoch,
+)
 from convit.variants import create_model  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "experiments" / "configs" / "data_efficiency.yaml"
@@ -61,8 +68,9 @@ RESULT_FIELDS = [
 ]
 LOCALITY_FIELDS = ["model", "fraction", "seed", "block", "type", "head", "nonlocality", "gate"]
 INIT_FIELDS = ["model", "seed", "block", "type", "head", "nonlocality", "gate"]
-# Config keys that the command line may override for every run (a smaller model, a faster test).
-MODEL_FLAGS = ("embed_dim", "num_heads", "depth", "local_up_to_layer", "patch_size", "img_size", "batch_size", "lr")
+# Model arguments and config keys that the command line may override for every run (a smaller model, a faster test).
+MODEL_FLAGS = ("embed_dim", "num_heads", "depth", "local_up_to_layer", "patch_size")
+CONFIG_FLAGS = ("img_size", "batch_size", "lr")
 
 
 # ---------------------------------------------------------------------------------------- pure helpers
@@ -201,7 +209,7 @@ def run_config(base: Config, model: str, fraction: float, seed: int) -> Config:
     """The Config of one run: the base recipe, this fraction and seed, and no GPSA for the DeiT twin."""
     cfg = dataclasses.replace(base, sampling_ratio=fraction, seed=seed, progress=False)
     if model == "deit":
-        cfg = dataclasses.replace(cfg, local_up_to_layer=0)
+        cfg = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "local_up_to_layer": 0})
     return validate(cfg)
 
 
@@ -234,49 +242,35 @@ def init_locality(base: Config, models, seeds, val_images) -> list[dict]:
 
 
 def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader, val_images):
-    """Train one model for exactly `steps` optimizer steps on its subset; evaluate; measure locality."""
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
+    """Train one model for exactly ``steps`` optimizer steps on its subset (the shared engine's step loop,
+    the whole budget as one pass); evaluate; measure locality."""
     from torch.utils.data import DataLoader
 
     (Xtr, ytr) = train_data
     keep = class_balanced_subset(ytr.numpy(), cfg.sampling_ratio, cfg.seed)
-    subset = DigitsDataset(Xtr[keep], ytr[keep], cfg.img_size, cfg.in_chans, train=True)
+    subset = DigitsDataset(Xtr[keep], ytr[keep], cfg.img_size, input_channels(cfg), train=True)
 
     seed_everything(cfg.seed)
     model = create_model(cfg.model, 10, **model_kwargs(cfg))
-    lr = cfg.lr * cfg.batch_size / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
-    optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-    # one scheduler "epoch" per optimizer step: linear warm-up, then cosine to min_lr at `steps`
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=cfg.sched,
-        num_epochs=steps,
-        warmup_epochs=min(warmup_steps, max(steps - 1, 0)),
-        warmup_lr=cfg.warmup_lr,
-        min_lr=cfg.min_lr,
-        step_on_epochs=True,
-    )
+    optimizer = build_optimizer(cfg, model, world_size=1)
+    # the budget is one "epoch" of `steps` updates: linear warm-up, then cosine to min_lr at `steps`
+    scheduler = build_scheduler(optimizer, cfg, steps, 1, min(warmup_steps, max(steps - 1, 0)) / steps)
     generator = torch.Generator().manual_seed(cfg.seed)
     batches = cycled_batches(len(subset), cfg.batch_size, steps, generator)
     loader = DataLoader(subset, batch_sampler=batches, num_workers=0)
-    criterion = torch.nn.CrossEntropyLoss()
 
     start = time.perf_counter()
-    model.train()
-    losses = []
-    for step, (images, targets) in enumerate(loader):
-        if scheduler is not None:
-            scheduler.step(step)
-        loss = criterion(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-        optimizer.step()
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"training loss is {losses[-1]} at step {step}; lower --lr")
+    stats = train_one_epoch(
+        model,
+        loader,
+        optimizer,
+        torch.nn.CrossEntropyLoss(),
+        torch.device("cpu"),
+        0,
+        scheduler=scheduler,
+        clip_grad=cfg.clip_grad,
+    )
+    losses = stats["step_losses"]
     assert len(losses) == steps
     val = evaluate(model, val_loader, torch.device("cpu"))
     seconds = time.perf_counter() - start
@@ -412,7 +406,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default="out/data_efficiency")
     p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
-    for key in MODEL_FLAGS:
+    for key in MODEL_FLAGS + CONFIG_FLAGS:
         p.add_argument(
             "--" + key.replace("_", "-"),
             dest=key,
@@ -426,8 +420,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    values = load_yaml(args.config)
-    values.update({k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None})
+    values = load_recipe(args.config)
+    values.update({k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None})
+    overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    values["model_kwargs"] = {**values.get("model_kwargs", {}), **overrides}
     base = validate(Config(**values))
     fractions = [float(x) for x in args.fractions.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
@@ -443,9 +439,10 @@ def main(argv=None) -> None:
     train_data, _ = digits_split()
     val_loader = build_loaders(dataclasses.replace(base, batch_size=120), need_train=False).val
     val_images = torch.cat([x for x, _ in val_loader])
+    arch = base.model_kwargs
     setting = (
-        f"digits 16x16, patch {base.patch_size}, width {base.embed_dim}, {base.num_heads} heads, "
-        f"depth {base.depth} (ConViT: {base.local_up_to_layer} GPSA; DeiT twin: 0), "
+        f"digits 16x16, patch {arch['patch_size']}, width {arch['embed_dim']}, {arch['num_heads']} heads, "
+        f"depth {arch['depth']} (ConViT: {arch['local_up_to_layer']} GPSA; DeiT twin: 0), "
         f"{args.steps} steps x batch {base.batch_size}, AdamW lr "
         f"{base.lr * base.batch_size / base.lr_base_batch:.0e}, cosine; val 360 images"
     )

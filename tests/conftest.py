@@ -23,6 +23,8 @@ def _seed():
 
 # A ConViT small enough for a CPU test: 16x16 images, 4 patches, width 32, 2 blocks (1 GPSA).
 TINY_MODEL = [
+    "--model",
+    "convit_tiny",
     "--img-size",
     "16",
     "--patch-size",

@@ -32,8 +32,8 @@ def test_class_balanced_subset_sizes_and_determinism():
 def test_sampling_ratio_on_an_image_folder(tmp_path):
     root = make_image_folder(tmp_path, n_train=[20, 10, 6], n_val=2)
     cfg = parse_args(["--data-path", str(root), "--sampling-ratio", "0.5", "--img-size", "16"])
-    train, val, num_classes = build_datasets(cfg)
-    assert num_classes == 3 and len(val) == 6
+    train, val, class_names = build_datasets(cfg)
+    assert class_names == ["class_0", "class_1", "class_2"] and len(val) == 6
     assert Counter(train.targets) == {0: 10, 1: 5, 2: 3}
     assert Counter(train.dataset.targets[i] for i in train.indices) == Counter(train.targets)
     image, label = train[0]
@@ -53,7 +53,7 @@ def test_digits_loader_shapes():
     cfg = parse_args(["--batch-size", "32"])
     loaders = build_loaders(cfg)
     x, y = next(iter(loaders.train))
-    assert x.shape == (32, cfg.in_chans, cfg.img_size, cfg.img_size) and y.shape == (32,)
+    assert x.shape == (32, cfg.model_kwargs["in_chans"], cfg.img_size, cfg.img_size) and y.shape == (32,)
     assert -1.0 <= x.min() and x.max() <= 1.0 and loaders.num_classes == 10
 
 
@@ -97,3 +97,10 @@ def test_too_few_images_for_the_batch(tmp_path):
     cfg = parse_args(["--data-path", str(root), "--batch-size", "16", "--img-size", "16"])
     with pytest.raises(DataError, match="fewer than --batch-size"):
         build_loaders(cfg)
+
+
+def test_an_imagefolder_needs_a_three_channel_model(tmp_path):
+    root = make_image_folder(tmp_path, n_train=2, n_val=1)
+    cfg = parse_args(["--config", "digits", "--data-path", str(root)])  # digits' model takes 1 channel
+    with pytest.raises(DataError, match="RGB .* in_chans=1"):
+        build_datasets(cfg)

@@ -7,7 +7,15 @@ from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader, TensorDataset
 
 from convit.training.config import parse_args
-from convit.training.engine import build_criterion, build_mixup, evaluate, model_kwargs, train_one_epoch
+from convit.training.engine import (
+    Progress,
+    build_criterion,
+    build_mixup,
+    build_optimizer,
+    evaluate,
+    model_kwargs,
+    train_one_epoch,
+)
 from convit.variants import create_model
 
 
@@ -44,7 +52,9 @@ def test_train_one_epoch_learns_and_follows_the_schedule():
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True)
     model = torch.nn.Linear(8, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=4, min_lr=0.0, step_on_epochs=True)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=4, min_lr=0.0, step_on_epochs=False, updates_per_epoch=4
+    )
     criterion = torch.nn.CrossEntropyLoss()
     losses, updates = [], 0
     for epoch in range(4):
@@ -55,7 +65,7 @@ def test_train_one_epoch_learns_and_follows_the_schedule():
         losses.append(stats["train_loss"])
     assert updates == 16 and stats["train_images"] == 64
     assert losses[-1] < 0.7 * losses[0]
-    # last step of the last epoch ran at epoch 3 + 3/4 of a 4-epoch cosine schedule
+    # the last step (update 15 of 16) ran at epoch 3 + 3/4 of a 4-epoch cosine schedule counted in updates
     assert stats["lr"] == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 3.75 / 4)))
     assert evaluate(model, loader, torch.device("cpu"))["val_acc1"] > 90
 
@@ -77,3 +87,44 @@ def test_no_local_init_needs_our_models_or_passes_through():
     cfg = parse_args(["--local-init", "false"])
     assert model_kwargs(cfg)["local_init"] is False
     assert "local_init" not in model_kwargs(parse_args([]))
+
+
+def test_accumulating_two_batches_of_32_equals_one_step_of_64():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    results = []
+    for batch, accum in ((64, 1), (32, 2)):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 3))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        loader = DataLoader(TensorDataset(x, y), batch_size=batch)
+        stats = train_one_epoch(
+            model, loader, optimizer, torch.nn.CrossEntropyLoss(), torch.device("cpu"), 0, accum_steps=accum
+        )
+        assert stats["num_updates"] == 1
+        results.append(model.state_dict())
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_lr_is_scaled_by_the_global_batch():
+    cfg = parse_args(["--lr", "0.008", "--batch-size", "64"])
+    model = torch.nn.Linear(2, 2)
+    assert build_optimizer(cfg, model, world_size=2).param_groups[0]["lr"] == pytest.approx(0.008 * 128 / 512)
+    assert build_optimizer(cfg, model, world_size=1, accum_steps=4).param_groups[0]["lr"] == pytest.approx(
+        0.008 * 256 / 512
+    )
+
+
+def test_progress_is_a_log_line_when_stdout_is_not_a_terminal():
+    import io
+
+    stream = io.StringIO()
+    progress = Progress(10, 8, "epoch 1/3", enabled=True, interval=4, stream=stream)
+    for step in range(10):
+        progress.update(step, 8, torch.tensor(0.5), 1e-3)
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 and "\r" not in stream.getvalue()  # steps 4, 8 and the last
+    assert lines[-1].startswith("epoch 1/3 step 10/10 (100%)") and "img/s" in lines[-1] and "ETA 0:00:00" in lines[-1]
+    assert "loss 0.5000" in lines[0] and "lr 1.00e-03" in lines[0]

@@ -20,7 +20,7 @@ def trained(folder, tmp_path_factory):
 
 
 def test_outputs_of_a_run(trained):
-    assert {p.name for p in trained.iterdir()} == {"config.yaml", "log.jsonl", "last.pth", "best.pth"}
+    assert {p.name for p in trained.iterdir()} == {"config.yaml", "log.jsonl", "summary.csv", "last.pth", "best.pth"}
     (row,) = read_log(trained)
     for key in ("epoch", "lr", "train_loss", "val_loss", "val_acc1", "val_acc5", *TIMING):
         assert isinstance(row[key], (int, float)), key

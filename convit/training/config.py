@@ -1,26 +1,39 @@
-"""Training configuration: one flat dataclass, YAML recipes, command-line overrides.
+"""Training configuration: recipes that compose, a model named apart from its recipe, checked values.
 
-The defaults are the digits demo (``python train.py`` with no arguments). A recipe in
-``configs/*.yaml`` sets any subset of the keys; ``--some-key value`` on the command line
-overrides both. Any key that is not a field below is an error, in YAML or on the command line.
+A recipe (``configs/*.yaml``, shipped inside the package and found by name or path) holds only what
+differs from its ``base:`` recipe. ``model:`` names a variant and ``model_kwargs:`` the constructor
+arguments where the recipe departs from that variant; those kwargs belong to the model named beside
+them, so ``--model X`` naming another model drops them (and says so). The command line overrides any
+key as ``--key-name value``; constructor arguments have flags of their own (``--embed-dim 96``,
+``--depth 6``, ...) that always apply. Every key and value is checked here, before anything runs.
+
+    python train.py                                   # configs/digits.yaml
+    python train.py --model convit_base --data-path /data/imagenet     # configs/in1k.yaml
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import inspect
+import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from ..errors import UserError
 
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DIGITS_RECIPE = "digits"  # `python train.py` with no --config and no --data-path
+IMAGENET_RECIPE = "in1k"  # with --data-path and no --config
+
 
 class ConfigError(UserError, ValueError):
-    """A configuration problem the user can fix (bad key, bad value)."""
+    """A configuration problem the user can fix (bad key, bad value, bad recipe)."""
 
 
 @dataclass
@@ -29,32 +42,25 @@ class Config:
     data: str = "auto"  # "digits", "imagefolder", or "auto" (imagefolder when data_path is set)
     data_path: str | None = None  # ImageFolder root holding train/ and val/
     sampling_ratio: float = 1.0  # keep this class-balanced fraction of the training images
-    num_workers: int = 0
-    # model (None: the variant's own value)
-    model: str = "convit_tiny"
-    img_size: int = 16
-    patch_size: int | None = 4
-    in_chans: int = 1
-    embed_dim: int | None = 96  # total width (all heads together)
-    num_heads: int | None = 4
-    depth: int | None = 6
-    mlp_ratio: float | None = None
-    local_up_to_layer: int | None = 4
-    locality_strength: float | None = None
-    local_init: bool = True
+    hold_images_seen: bool = False  # epochs/warm-up are given for the full data: divided by sampling_ratio
+    num_workers: int = 8
+    # model: a variant, the constructor arguments where the recipe departs from it, and the input size
+    model: str = "convit_small"
+    model_kwargs: dict = field(default_factory=dict)
+    img_size: int = 224
     drop: float = 0.0
     drop_path: float = 0.0
     # optimisation
-    epochs: int = 30
+    epochs: int = 300
     batch_size: int = 64  # per process
     opt: str = "adamw"
-    lr: float = 8e-3  # for a global batch of lr_base_batch images; scaled linearly
+    lr: float = 5e-4  # for a global batch of lr_base_batch images; scaled linearly
     lr_base_batch: int = 512  # 0 disables the linear scaling
     weight_decay: float = 0.05
     momentum: float = 0.9
     clip_grad: float | None = None
     sched: str = "cosine"
-    warmup_epochs: int = 2
+    warmup_epochs: float = 5
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     # augmentation and regularisation (ImageFolder data; digits use only mixup/cutmix/smoothing)
@@ -84,13 +90,71 @@ class Config:
     amp_dtype: str = "bfloat16"  # or "float16", which adds a gradient scaler
     output_dir: str = "out"
     resume: str | None = None  # a checkpoint path, or "auto" for OUTPUT_DIR/last.pth if present
+    overwrite: bool = False  # replace a previous run in output_dir instead of stopping
     stop_after: int = 0  # end this invocation after this many epochs (0: run to `epochs`)
-    progress: bool = True
-    locality_images: int = 64  # validation images whose non-locality and gates go into each epoch's log (0: off)
+    progress: bool = True  # a bar on a terminal, a log line every log_interval steps otherwise
+    log_interval: int = 50
+    tensorboard: bool = False  # also write TensorBoard scalars to OUTPUT_DIR/tensorboard
+    locality_images: int = 64  # validation images whose locality goes into each epoch's log (0: off)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
+# Constructor arguments with a flag of their own; they go into model_kwargs and survive --model.
+MODEL_FLAGS = (
+    "patch_size",
+    "in_chans",
+    "embed_dim",
+    "num_heads",
+    "depth",
+    "mlp_ratio",
+    "local_up_to_layer",
+    "locality_strength",
+    "local_init",
+)
+# Set by the training system itself (from img_size, drop, drop_path, the data), never in model_kwargs.
+_RESERVED_KWARGS = {"img_size", "num_classes", "drop_rate", "drop_path_rate", "pretrained", "norm_layer"}
+CHOICES = {
+    "data": ("auto", "digits", "imagefolder"),
+    "amp_dtype": ("bfloat16", "float16"),
+    "interpolation": ("bicubic", "bilinear", "nearest", "random"),
+    "remode": ("pixel", "rand", "const"),
+    "mixup_mode": ("batch", "pair", "elem"),
+    "sched": ("cosine", "tanh", "step", "multistep", "plateau", "poly", "none"),
+}
+# (low, high, low inclusive, high inclusive) for every number with a range
+RANGES = {
+    "sampling_ratio": (0, 1, False, True),
+    "num_workers": (0, math.inf, True, False),
+    "img_size": (1, math.inf, True, False),
+    "drop": (0, 1, True, False),
+    "drop_path": (0, 1, True, False),
+    "epochs": (1, math.inf, True, False),
+    "batch_size": (1, math.inf, True, False),
+    "lr": (0, math.inf, False, False),
+    "lr_base_batch": (0, math.inf, True, False),
+    "weight_decay": (0, math.inf, True, False),
+    "momentum": (0, 1, True, True),
+    "clip_grad": (0, math.inf, False, False),
+    "warmup_epochs": (0, math.inf, True, False),
+    "warmup_lr": (0, math.inf, True, False),
+    "min_lr": (0, math.inf, True, False),
+    "color_jitter": (0, math.inf, True, False),
+    "hflip": (0, 1, True, True),
+    "crop_pct": (0, 1, False, True),
+    "reprob": (0, 1, True, True),
+    "recount": (1, math.inf, True, False),
+    "mixup": (0, math.inf, True, False),
+    "cutmix": (0, math.inf, True, False),
+    "mixup_prob": (0, 1, True, True),
+    "mixup_switch_prob": (0, 1, True, True),
+    "smoothing": (0, 1, True, False),
+    "num_repeats": (1, math.inf, True, False),
+    "model_ema_decay": (0, 1, False, False),
+    "stop_after": (0, math.inf, True, False),
+    "log_interval": (1, math.inf, True, False),
+    "locality_images": (0, math.inf, True, False),
+}
 
 
 def _base_type(name: str):
@@ -110,8 +174,16 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+def _parse_scalar(text: str):
+    """A command-line value as YAML would read it (numbers, booleans, null), else the string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def coerce(name: str, value):
-    """Convert a YAML or command-line value to the type of field `name`."""
+    """Convert a YAML or command-line value to the type of field ``name``; YAML booleans are not numbers."""
     if name not in FIELDS:
         raise ConfigError(unknown_key_message(name))
     kind = _base_type(name)
@@ -122,14 +194,28 @@ def coerce(name: str, value):
         raise ConfigError(f"config key '{name}' cannot be null")
     try:
         if kind is bool:
-            return value if isinstance(value, bool) else _parse_bool(str(value))
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                return _parse_bool(value)
+            raise ValueError("expected true or false")
+        if kind is dict:
+            if isinstance(value, str):
+                return parse_kwargs(value)
+            if not isinstance(value, dict):
+                raise ValueError("expected a mapping")
+            return dict(value)
         if typing.get_origin(kind) is tuple:
             items = value.split(",") if isinstance(value, str) else list(value)
-            if len(items) != 2:
+            if len(items) != 2 or any(isinstance(v, bool) for v in items):
                 raise ValueError("expected two numbers")
             return tuple(float(v) for v in items)
+        if isinstance(value, bool):
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, not a boolean")
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError("expected an integer")
+        if kind is int and isinstance(value, str):
+            return int(value)
         if kind is float and isinstance(value, str):
             return float(value)
         return kind(value)
@@ -137,72 +223,239 @@ def coerce(name: str, value):
         raise ConfigError(f"config key '{name}': cannot use {value!r} ({e})") from None
 
 
-def unknown_key_message(name: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, FIELDS, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"unknown config key '{name}'; {hint}see convit/config.py for the valid keys"
-
-
-def load_yaml(path: str | Path) -> dict:
-    """Read a recipe file into a dict of validated, typed values."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; pass an existing file to --config")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file '{path}' must be a mapping of key: value")
+def parse_kwargs(text: str) -> dict:
+    """``key=value,key=value`` (values read as YAML scalars) as a dict."""
     out = {}
-    for key, value in raw.items():
-        if key not in FIELDS:
-            raise ConfigError(f"{path}: {unknown_key_message(key)}")
-        out[key] = coerce(key, value)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {item!r}")
+        out[key.strip()] = _parse_scalar(value.strip())
     return out
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    """Build the Config from defaults, then `--config FILE`, then `--key value` overrides."""
+def unknown_key_message(name: str, valid=None, where: str = "config key") -> str:
+    """``unknown config key 'x'; did you mean 'y'?`` with a pointer to the valid keys."""
+    valid = FIELDS if valid is None else valid
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"unknown {where} '{name}'; {hint}valid: {', '.join(sorted(valid))}"
+
+
+def model_arguments() -> set[str]:
+    """The names ``model_kwargs`` may hold: ConViT's constructor arguments the recipe may set."""
+    from ..model import ConViT
+
+    return set(inspect.signature(ConViT).parameters) - _RESERVED_KWARGS
+
+
+def check_model_kwargs(kwargs: dict, where: str) -> dict:
+    """``kwargs`` unchanged, or a ConfigError naming the first key ConViT does not take."""
+    valid = model_arguments()
+    for key in kwargs:
+        if key not in valid:
+            raise ConfigError(f"{where}: {unknown_key_message(key, valid, 'model argument')}")
+    return kwargs
+
+
+# ------------------------------------------------------------------------------------------- recipes
+
+
+def list_configs() -> list[str]:
+    """Names of the recipes that ship with the package."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A recipe file by path, or by name among the shipped recipes (``in1k`` or ``in1k.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise ConfigError(
+        f"config '{name_or_path}' not found: pass a YAML file or one of the shipped recipes: {', '.join(list_configs())}"
+    )
+
+
+def _read_recipe(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"config file '{path}' is not valid YAML ({problem}); fix or replace it") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of key: value")
+    return raw
+
+
+def load_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A recipe's typed values with its ``base:`` chain resolved (a base path is relative to the recipe)."""
+    path = find_config(path) if not _chain else Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{_chain[-1]}: base recipe '{path}' not found; fix its 'base:' line")
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, resolved))
+        raise ConfigError(f"recipes form a cycle ({cycle}); remove one 'base:' line")
+    raw = _read_recipe(path)
+    values: dict = {}
+    if "base" in raw:
+        base = raw.pop("base")
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: 'base' must name a recipe file, not {base!r}")
+        values = load_recipe(resolved.parent / base, (*_chain, resolved))
+    own = {}
+    for key, value in raw.items():
+        if key not in FIELDS:
+            raise ConfigError(f"{path}: {unknown_key_message(key)}")
+        own[key] = coerce(key, value)
+    if "model_kwargs" in own:
+        check_model_kwargs(own["model_kwargs"], str(path))
+    return merge(values, own)
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``; model_kwargs merge when the model stays, and are dropped when it changes."""
+    out = {**base, **over}
+    same_model = "model" not in over or over["model"] == base.get("model")
+    if same_model and "model_kwargs" in over:
+        out["model_kwargs"] = {**base.get("model_kwargs", {}), **over["model_kwargs"]}
+    elif not same_model and "model_kwargs" not in over:
+        out.pop("model_kwargs", None)
+    return out
+
+
+# ------------------------------------------------------------------------------------- command line
+
+
+@dataclass
+class Resolved:
+    """The config and what the user should be told about how it was resolved."""
+
+    config: Config
+    recipe: str
+    notes: list[str]
+    overrides: dict
+
+
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog=prog,
         description="Train a ConViT. Every config key is also a flag: --batch-size 128, --lr 1e-3.",
         allow_abbrev=False,
     )
-    parser.add_argument("--config", default=None, help="YAML recipe (see configs/)")
+    parser.add_argument(
+        "--config", default=None, help=f"recipe: a YAML file or a shipped name ({', '.join(list_configs())})"
+    )
+    parser.add_argument("--list-configs", action="store_true", help="print the shipped recipes and exit")
     for name in FIELDS:
         # nargs="?" lets a boolean be given as a bare flag: --model-ema
         parser.add_argument(
             "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, nargs="?", const="true"
         )
+    for name in MODEL_FLAGS:
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest="model_arg_" + name,
+            default=argparse.SUPPRESS,
+            nargs="?",
+            const="true",
+            help=f"model argument {name} (goes into model_kwargs)",
+        )
+    return parser
+
+
+def resolve(argv: list[str] | None = None, prog: str = "train.py") -> Resolved:
+    """Defaults, then the recipe (with its bases), then the command line; every value checked."""
+    parser = build_parser(prog)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         flag = next((u for u in unknown if u.startswith("--")), unknown[0])
         if flag.startswith("--"):
-            raise ConfigError(unknown_key_message(flag[2:].split("=")[0].replace("-", "_")))
+            valid = set(FIELDS) | set(MODEL_FLAGS) | {"config"}
+            raise ConfigError(unknown_key_message(flag[2:].split("=")[0].replace("-", "_"), valid))
         raise ConfigError(f"unexpected argument {flag!r}; flags look like --key value")
-    values = load_yaml(args.config) if args.config else {}
-    for name, value in vars(args).items():
-        if name != "config":
-            values[name] = coerce(name, value)
-    return validate(Config(**values))
+    cli = {k: v for k, v in vars(args).items() if k not in ("config", "list_configs")}
+    model_args = {k.removeprefix("model_arg_"): _parse_scalar(v) for k, v in cli.items() if k.startswith("model_arg_")}
+    cli = {k: coerce(k, v) for k, v in cli.items() if not k.startswith("model_arg_")}
+    recipe = args.config or (IMAGENET_RECIPE if cli.get("data_path") else DIGITS_RECIPE)
+    values = load_recipe(recipe)
+    notes = []
+    if "model" in cli and cli["model"] != values.get("model") and values.get("model_kwargs"):
+        dropped = ", ".join(f"{k}={v}" for k, v in values["model_kwargs"].items())
+        notes.append(
+            f"--model {cli['model']} replaces the recipe's {values.get('model')}: "
+            f"its model_kwargs ({dropped}) are dropped"
+        )
+    values = merge(values, cli)
+    if model_args:
+        values["model_kwargs"] = {**values.get("model_kwargs", {}), **check_model_kwargs(model_args, "command line")}
+    if "model_kwargs" in cli:
+        check_model_kwargs(cli["model_kwargs"], "--model-kwargs")
+    cfg = validate(Config(**values))
+    overrides = {**{k: v for k, v in cli.items() if k != "model_kwargs"}, **model_args}
+    return Resolved(cfg, str(find_config(recipe)), notes, overrides)
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """The resolved Config of a command line (see ``resolve``)."""
+    return resolve(argv).config
+
+
+def _check_range(name: str, value) -> None:
+    if value is None or name not in RANGES:
+        return
+    low, high, low_in, high_in = RANGES[name]
+    ok = math.isfinite(value) or high == math.inf and value == math.inf
+    ok = ok and (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+    if not ok:
+        lo = f"[{low}" if low_in else f"({low}"
+        hi = f"{high}]" if high_in else f"{high})"
+        raise ConfigError(f"{name} must lie in {lo}, {hi}, not {value}")
 
 
 def validate(cfg: Config) -> Config:
-    """Check values that are individually typed but jointly wrong; resolve `data: auto`."""
+    """Check every value's range and choice, and those that are jointly wrong; resolve ``data: auto``."""
+    for name, choices in CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {getattr(cfg, name)!r}")
+    for name in RANGES:
+        _check_range(name, getattr(cfg, name))
     if cfg.data == "auto":
         cfg.data = "imagefolder" if cfg.data_path else "digits"
-    if cfg.data not in ("digits", "imagefolder"):
-        raise ConfigError(f"data must be 'digits', 'imagefolder' or 'auto', not {cfg.data!r}")
     if cfg.data == "imagefolder" and not cfg.data_path:
         raise ConfigError("data 'imagefolder' needs --data-path DIR (a folder with train/ and val/)")
-    if not 0.0 < cfg.sampling_ratio <= 1.0:
-        raise ConfigError(f"sampling_ratio must be in (0, 1], not {cfg.sampling_ratio}")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ConfigError("epochs and batch_size must be at least 1")
-    if cfg.amp_dtype not in ("bfloat16", "float16"):
-        raise ConfigError(f"amp_dtype must be 'bfloat16' or 'float16', not {cfg.amp_dtype!r}")
+    from timm.optim import list_optimizers
+
+    if cfg.opt.lower() not in list_optimizers():
+        close = difflib.get_close_matches(cfg.opt.lower(), list_optimizers(), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown optimizer '{cfg.opt}'; {hint}see timm.optim.list_optimizers()")
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
         raise ConfigError("mixup/cutmix need an even --batch-size")
+    if cfg.scale[0] > cfg.scale[1] or not 0 < cfg.scale[0] <= 1:
+        raise ConfigError(f"scale must be two numbers 0 < low <= high <= 1, not {cfg.scale}")
+    if cfg.ratio[0] > cfg.ratio[1] or cfg.ratio[0] <= 0:
+        raise ConfigError(f"ratio must be two numbers 0 < low <= high, not {cfg.ratio}")
+    if cfg.resume is not None and cfg.resume != "auto" and not Path(cfg.resume).is_file():
+        raise ConfigError(f"--resume '{cfg.resume}' not found; pass a last.pth, or --resume auto")
+    if cfg.resume is not None and cfg.overwrite:
+        raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
     return cfg
+
+
+def budget(cfg: Config) -> tuple[int, float]:
+    """(epochs, warm-up epochs) this run trains: divided by sampling_ratio when hold_images_seen is set.
+
+    The paper's data-efficiency runs see the same number of images at every fraction: 10 % of the
+    data for 10x the epochs.
+    """
+    if not cfg.hold_images_seen or cfg.sampling_ratio >= 1.0:
+        return cfg.epochs, cfg.warmup_epochs
+    return max(1, round(cfg.epochs / cfg.sampling_ratio)), cfg.warmup_epochs / cfg.sampling_ratio
 
 
 def to_dict(cfg: Config) -> dict:
@@ -211,7 +464,7 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(values: dict) -> Config:
-    """Rebuild a Config from `to_dict` output, ignoring keys this version no longer has."""
+    """Rebuild a Config from ``to_dict`` output, ignoring keys this version no longer has."""
     return Config(**{k: coerce(k, v) for k, v in values.items() if k in FIELDS})
 
 

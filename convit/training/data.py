@@ -124,28 +124,42 @@ def imagenet_transforms(cfg: Config, train: bool):
     return create_transform(cfg.img_size, is_training=False, interpolation=cfg.interpolation, crop_pct=cfg.crop_pct)
 
 
+DIGITS_CLASSES = [str(d) for d in range(10)]
+
+
+def input_channels(cfg: Config) -> int:
+    """The number of image channels the run's model takes (its ``in_chans``, 3 unless the recipe says)."""
+    return int(cfg.model_kwargs.get("in_chans", 3))
+
+
 def build_datasets(cfg: Config, need_train: bool = True):
-    """(train dataset or None, val dataset, number of classes) for `cfg.data`."""
+    """(train dataset or None, val dataset, class names) for ``cfg.data``."""
+    in_chans = input_channels(cfg)
     if cfg.data == "digits":
         (Xtr, ytr), (Xva, yva) = digits_split()
-        val = DigitsDataset(Xva, yva, cfg.img_size, cfg.in_chans, train=False)
-        train = DigitsDataset(Xtr, ytr, cfg.img_size, cfg.in_chans, train=True) if need_train else None
-        num_classes = 10
+        val = DigitsDataset(Xva, yva, cfg.img_size, in_chans, train=False)
+        train = DigitsDataset(Xtr, ytr, cfg.img_size, in_chans, train=True) if need_train else None
+        class_names = DIGITS_CLASSES
     else:
+        if in_chans != 3:
+            raise DataError(
+                f"ImageFolder images are RGB (3 channels) but the model takes in_chans={in_chans}; "
+                "use a recipe for RGB data (e.g. --config in1k) or --in-chans 3"
+            )
         if not os.path.isdir(cfg.data_path):
             raise DataError(
                 f"data folder '{cfg.data_path}' not found; pass --data-path DIR with train/ and val/ ImageFolders"
             )
         val = image_folder(cfg.data_path, "val", imagenet_transforms(cfg, train=False))
         train = image_folder(cfg.data_path, "train", imagenet_transforms(cfg, train=True)) if need_train else None
-        num_classes = len(val.classes)
+        class_names = list(val.classes)
         if train is not None and train.classes != val.classes:
             raise DataError(f"train/ and val/ under '{cfg.data_path}' have different class folders")
     if train is not None and cfg.sampling_ratio < 1.0:
         targets = train.targets
         train = Subset(train, class_balanced_subset(targets, cfg.sampling_ratio, cfg.seed))
         train.targets = [targets[i] for i in train.indices]
-    return train, val, num_classes
+    return train, val, class_names
 
 
 def train_sampler(dataset, cfg: Config, rank: int, world_size: int):
@@ -172,14 +186,18 @@ def shard(dataset, rank: int, world_size: int) -> Subset:
 class Loaders:
     train: DataLoader | None
     val: DataLoader
-    num_classes: int
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 def build_loaders(
     cfg: Config, rank: int = 0, world_size: int = 1, need_train: bool = True, pin_memory: bool = False
 ) -> Loaders:
     """Train loader (sampled, whole batches only) and sharded val loader for this rank."""
-    train, val, num_classes = build_datasets(cfg, need_train)
+    train, val, class_names = build_datasets(cfg, need_train)
     common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=False)
     train_loader = None
     if train is not None:
@@ -192,4 +210,4 @@ def build_loaders(
             )
         train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **common)
     val_loader = DataLoader(shard(val, rank, world_size), batch_size=cfg.batch_size, shuffle=False, **common)
-    return Loaders(train_loader, val_loader, num_classes)
+    return Loaders(train_loader, val_loader, class_names)

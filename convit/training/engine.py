@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -13,8 +15,6 @@ from tqdm import tqdm
 
 from .config import Config
 from .distributed import all_reduce_sum
-
-_MODEL_KEYS = ("patch_size", "embed_dim", "num_heads", "depth", "mlp_ratio", "local_up_to_layer", "locality_strength")
 
 
 def seed_everything(seed: int) -> None:
@@ -25,12 +25,46 @@ def seed_everything(seed: int) -> None:
 
 
 def model_kwargs(cfg: Config) -> dict:
-    """Constructor keywords from the config; None values keep the variant's own setting."""
-    kw = dict(img_size=cfg.img_size, in_chans=cfg.in_chans, drop_rate=cfg.drop, drop_path_rate=cfg.drop_path)
-    kw.update({k: getattr(cfg, k) for k in _MODEL_KEYS if getattr(cfg, k) is not None})
-    if not cfg.local_init:
-        kw["local_init"] = False
-    return kw
+    """Constructor keywords of the run's model: the recipe's model_kwargs, input size and drop rates."""
+    return {"img_size": cfg.img_size, "drop_rate": cfg.drop, "drop_path_rate": cfg.drop_path, **cfg.model_kwargs}
+
+
+def scaled_lr(cfg: Config, world_size: int, accum_steps: int = 1) -> float:
+    """The linear scaling rule: lr x global batch / lr_base_batch (0 turns it off)."""
+    global_batch = cfg.batch_size * world_size * accum_steps
+    return cfg.lr * global_batch / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module, world_size: int, accum_steps: int = 1):
+    """timm's optimizer for ``cfg.opt`` at the linearly scaled lr (no weight decay on norms, biases, tokens)."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(
+        model,
+        opt=cfg.opt,
+        lr=scaled_lr(cfg, world_size, accum_steps),
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+    )
+
+
+def build_scheduler(optimizer, cfg: Config, updates_per_epoch: int, epochs: int, warmup_epochs: float):
+    """timm's scheduler counted in updates: ``step_update(num_updates)`` before every optimizer step."""
+    from timm.scheduler import create_scheduler_v2
+
+    if cfg.sched == "none":
+        return None
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched,
+        num_epochs=epochs,
+        warmup_epochs=warmup_epochs,
+        warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )
+    return scheduler
 
 
 def build_criterion(cfg: Config, mixup_active: bool) -> torch.nn.Module:
@@ -61,6 +95,55 @@ def build_mixup(cfg: Config, num_classes: int):
     )
 
 
+class Progress:
+    """A tqdm bar on a terminal; otherwise (a cluster job's log) one line every ``interval`` steps and at the end.
+
+    Each line holds the step, the image rate, the ETA of the epoch, the loss and the lr.
+    """
+
+    def __init__(
+        self, total_steps: int, images_per_step: int, desc: str, enabled: bool, interval: int = 50, stream=None
+    ):
+        self.total, self.images_per_step, self.desc = total_steps, images_per_step, desc
+        self.images = 0
+        self.enabled, self.interval = enabled, interval
+        self.stream = stream or sys.stdout
+        self.start = time.perf_counter()
+        self.bar = None
+        if enabled and self.stream.isatty():
+            self.bar = tqdm(total=total_steps * images_per_step, unit="img", unit_scale=True, desc=desc, leave=False)
+
+    def update(self, step: int, images: int, loss: torch.Tensor, lr: float) -> None:
+        """Record that ``step`` (0-based) of ``images`` images is done; ``loss`` is read only when shown."""
+        if not self.enabled:
+            return
+        done = step + 1
+        self.images += images
+        if self.bar is not None:
+            self.bar.update(images)
+            if step % 10 == 0 or done == self.total:
+                self.bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
+        elif done % self.interval == 0 or done == self.total:
+            elapsed = time.perf_counter() - self.start
+            rate = self.images / max(elapsed, 1e-9)
+            eta = elapsed / done * (self.total - done)
+            print(
+                f"{self.desc} step {done}/{self.total} ({100 * done / self.total:.0f}%)  {rate:.0f} img/s  "
+                f"ETA {_clock(eta)}  loss {loss.item():.4f}  lr {lr:.2e}",
+                file=self.stream,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def train_one_epoch(
     model,
     loader,
@@ -77,51 +160,63 @@ def train_one_epoch(
     ema=None,
     num_updates: int = 0,
     world_size: int = 1,
+    accum_steps: int = 1,
     progress: bool = False,
+    log_interval: int = 50,
+    desc: str | None = None,
 ) -> dict:
-    """One pass over `loader`; the lr follows `scheduler` at fractional epochs, step by step.
+    """One pass over ``loader``: the step loop of every training in this project.
 
-    Returns the global mean training loss, the last lr, image count, time and update count.
+    Every ``accum_steps`` batches make one update (the loss is averaged over them; DDP syncs only on
+    the last); the scheduler is stepped in updates (``step_update``) and the EMA once per update.
+    Returns the global mean training loss, each step's loss, the last lr, image count, time and update count.
     """
     model.train()
     n_steps = len(loader)
+    if n_steps == 0:
+        raise FloatingPointError("the training loader yields no batch")
+    step_losses = []
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_images = 0
     start = time.perf_counter()
-    bar = tqdm(
-        total=n_steps * loader.batch_size * world_size,
-        unit="img",
-        unit_scale=True,
-        desc=f"epoch {epoch}",
-        disable=not progress,
-        dynamic_ncols=True,
-        leave=False,
-    )
+    bar = Progress(n_steps, (loader.batch_size or 0) * world_size, desc or f"epoch {epoch}", progress, log_interval)
+    optimizer.zero_grad(set_to_none=True)
     for step, (images, targets) in enumerate(loader):
-        if scheduler is not None:
-            scheduler.step(epoch + step / n_steps)
+        last_micro = (step + 1) % accum_steps == 0 or step == n_steps - 1
+        if scheduler is not None and step % accum_steps == 0:
+            scheduler.step_update(num_updates)
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = criterion(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        if loss_scaler is not None:
-            loss_scaler(loss, optimizer, clip_grad=clip_grad, parameters=model.parameters())
-        else:
-            loss.backward()
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-        num_updates += 1
-        if ema is not None:
-            ema.update(model, step=num_updates)
+        sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = criterion(model(images), targets)
+            scaled = loss / accum_steps if accum_steps > 1 else loss
+            if loss_scaler is not None:
+                loss_scaler(
+                    scaled,
+                    optimizer,
+                    clip_grad=clip_grad,
+                    parameters=model.parameters(),
+                    need_update=last_micro,
+                )
+            else:
+                scaled.backward()
+        if last_micro:
+            if loss_scaler is None:
+                if clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            num_updates += 1
+            if ema is not None:
+                ema.update(model, step=num_updates)
+        step_losses.append(loss.detach())
         loss_sum += loss.detach().double() * len(images)
         n_images += len(images)
-        bar.update(len(images) * world_size)
-        if progress and (step % 10 == 0 or step == n_steps - 1):
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        bar.update(step, len(images) * world_size, loss, optimizer.param_groups[0]["lr"])
     bar.close()
     total_loss, total_images = all_reduce_sum([loss_sum.item(), n_images], device)
     if not math.isfinite(total_loss):
@@ -129,6 +224,7 @@ def train_one_epoch(
     elapsed = time.perf_counter() - start
     return {
         "train_loss": total_loss / max(total_images, 1),
+        "step_losses": torch.stack(step_losses).float().tolist(),
         "lr": optimizer.param_groups[0]["lr"],
         "train_images": int(total_images),
         "train_time_s": elapsed,
