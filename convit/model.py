@@ -143,6 +143,20 @@ class ConViT(nn.Module):
         super().__init__()
         if global_pool not in ("", "avg", "token"):
             raise ValueError(f"global_pool={global_pool!r} is not supported: use 'token', 'avg' or ''")
+        for name, value in (("patch_size", patch_size), ("in_chans", in_chans), ("depth", depth)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if num_heads < 1 or embed_dim < 1 or mlp_ratio <= 0 or num_classes < 0:
+            raise ValueError(
+                f"num_heads={num_heads}, embed_dim={embed_dim} and mlp_ratio={mlp_ratio} must be positive, "
+                f"num_classes={num_classes} not negative"
+            )
+        sizes = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if any(size < 1 or size % patch_size for size in sizes):
+            raise ValueError(
+                f"img_size={img_size} is not a positive multiple of patch_size={patch_size}: "
+                f"use e.g. img_size={max(1, sizes[0] // patch_size) * patch_size}"
+            )
         if not 0 <= local_up_to_layer <= depth:
             raise ValueError(f"local_up_to_layer={local_up_to_layer} must lie between 0 and depth={depth}")
         if embed_dim % num_heads != 0:

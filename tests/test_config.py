@@ -52,7 +52,7 @@ def test_recipes_compose(tmp_path):
     (tmp_path / "a.yaml").write_text("base: b.yaml\nlr: 0.1\nmodel_kwargs: {depth: 3}\n")
     (tmp_path / "b.yaml").write_text(f"base: {CONFIGS / 'digits.yaml'}\nepochs: 7\n")
     values = load_recipe(tmp_path / "a.yaml")
-    assert values["lr"] == 0.1 and values["epochs"] == 7 and values["data"] == "digits"
+    assert values["lr"] == 0.1 and values["epochs"] == 7 and values["img_size"] == 16
     assert values["model_kwargs"]["depth"] == 3 and values["model_kwargs"]["embed_dim"] == 96
     (tmp_path / "c.yaml").write_text("base: b.yaml\nmodel: convit_small\n")  # another model: kwargs dropped
     assert "model_kwargs" not in load_recipe(tmp_path / "c.yaml")

@@ -72,3 +72,61 @@ def test_resume_under_a_different_world_size(folder, tmp_path):
     assert len(last["optimizer"]["state"]) == len(first["optimizer"]["state"]) > 0
     assert last["optimizer"]["state"][0]["step"] == 2 * steps  # AdamW kept counting from the checkpoint
     assert not torch.equal(first["model_ema"]["head.weight"], last["model_ema"]["head.weight"])
+
+
+def test_two_nodes_equal_one_node_with_two_processes(folder, tmp_path):
+    """Two torchrun launchers as two "nodes" (c10d rendezvous on 127.0.0.1) train exactly as one with 2 processes."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import ROOT, child_env
+
+    args = [
+        "--data-path",
+        folder,
+        *TINY_MODEL,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--repeated-aug",
+        "--model-ema",
+    ]
+    args = [str(a) for a in args]
+    run_script("train.py", args + ["--output-dir", str(tmp_path / "one")], nproc=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launchers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                f"--node-rank={rank}",
+                "--nproc-per-node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                "--rdzv-id=convit_test",
+                str(ROOT / "train.py"),
+                *args,
+                "--output-dir",
+                str(tmp_path / "two"),
+            ],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in launchers]
+    assert all(p.returncode == 0 for p in launchers), outputs
+    one, two = (read_checkpoint(tmp_path / d / "last.pth") for d in ("one", "two"))
+    assert one["num_updates"] == two["num_updates"] > 0
+    for key in ("model", "model_ema"):
+        for name, tensor in one[key].items():
+            assert torch.equal(tensor, two[key][name]), (key, name)

@@ -149,7 +149,7 @@ def test_corrupt_checkpoint(trained, tmp_path, folder):
     assert "is corrupt or truncated" in line
 
 
-def test_eval_of_an_original_authors_checkpoint(folder, tmp_path):
+def test_eval_of_an_original_authors_checkpoint(folder, tmp_path, capsys):
     """{"model": state_dict, "args": Namespace} as the original code saves it, timm's variant."""
     import argparse
     import sys
@@ -183,6 +183,7 @@ def test_eval_of_an_original_authors_checkpoint(folder, tmp_path):
         )
     )
     assert result["val_images"] == 21 and json.loads(out.read_text())["val_correct1"] == result["val_correct1"]
+    assert "the checkpoint carries no class names" in capsys.readouterr().out
     with pytest.raises(CheckpointError, match="name its variant with --model"):
         eval_script.main(eval_script.parse_args(["--checkpoint", str(path), "--data-path", str(folder)]))
 
@@ -228,3 +229,15 @@ def test_a_checkpoint_carrying_code_is_refused_by_every_entry_point(trained, tmp
     proc = run_module("convit.locality", ["--checkpoint", evil, "--out", tmp_path / "loc"])
     assert proc.returncode != 0 and "holds code" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists()
+
+
+def test_eval_refuses_data_whose_class_names_differ(trained, tmp_path, folder):
+    import shutil
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(folder, renamed)
+    (renamed / "val" / "class_2").rename(renamed / "val" / "class_9")
+    proc = run_script("eval.py", ["--checkpoint", trained / "best.pth", "--data-path", renamed], check=False)
+    line = one_error_line(proc)
+    assert "classes differ from the data's at 1 place(s), e.g. 'class_2' vs 'class_9'" in line
+    assert read_checkpoint(trained / "best.pth")["class_names"] == ["class_0", "class_1", "class_2"]

@@ -1,4 +1,5 @@
 import argparse
+import os
 
 import pytest
 import torch
@@ -102,3 +103,15 @@ def test_pickled_code_is_refused_without_running(tmp_path, model):
     with pytest.raises(CheckpointError, match="holds code or objects other than weights") as err:
         read_checkpoint(path)
     assert "\n" not in str(err.value) and not marker.exists()
+
+
+def test_a_crashed_saves_temp_file_is_removed_and_checkpoints_follow_the_umask(tmp_path, model):
+    stale = tmp_path / ".last.pth.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    old = os.umask(0o022)
+    try:
+        save_checkpoint({"model": model.state_dict()}, tmp_path / "last.pth")
+    finally:
+        os.umask(old)
+    assert not stale.exists()
+    assert (tmp_path / "last.pth").stat().st_mode & 0o777 == 0o644

@@ -175,5 +175,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return result
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``convit-locality`` command (``python -m convit.locality``)."""
     run_entry_point("python -m convit.locality", main)
+
+
+if __name__ == "__main__":
+    cli()

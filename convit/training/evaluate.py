@@ -1,0 +1,148 @@
+"""Evaluate a ConViT: top-1, top-5 and loss on an ImageFolder's val/ or the digits val split.
+
+    python eval.py --checkpoint out/best.pth                        # ours: model and data from the file
+    python eval.py --model convit_small --checkpoint convit_small.pth --data-path /data/imagenet
+    python eval.py --model convit_small --pretrained --data-path /data/imagenet --output results.json
+    torchrun --nproc_per_node=8 eval.py --checkpoint out/best.pth --data-path /data/imagenet
+
+Checkpoints: this repo's train.py, timm's (state dict, .pth or .safetensors), or the original
+authors' ({"model": state_dict}). Every validation image is counted once, whatever the world size.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from convit.errors import UserError, run_entry_point
+from convit.training.checkpoint import class_difference
+from convit.training.config import Config, from_dict, validate
+from convit.training.data import DataError, build_loaders
+from convit.training.distributed import cleanup, init_distributed
+from convit.training.engine import evaluate
+from convit.variants import create_model
+from convit.weights import FORMAT, model_from_checkpoint
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--checkpoint", help="checkpoint file (ours, timm's or the original authors')")
+    p.add_argument("--pretrained", action="store_true", help="timm's pretrained weights for --model")
+    p.add_argument("--model", help="variant name; read from our checkpoints when omitted")
+    p.add_argument(
+        "--data",
+        choices=["auto", "digits", "imagefolder"],
+        default=None,
+        help="dataset; default: the checkpoint's, or imagefolder when --data-path is given",
+    )
+    p.add_argument("--data-path", help="ImageFolder root holding val/")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--num-workers", type=int, help="loader processes (default: 0 on digits, else 8)")
+    p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of the checkpoint")
+    p.add_argument("--output", help="write the results to this JSON file")
+    return p.parse_args(argv)
+
+
+def check_args(args) -> None:
+    """Every argument checked before the model is built or anything is evaluated."""
+    if not args.checkpoint and not args.pretrained:
+        raise UserError("give --checkpoint FILE or --model NAME --pretrained")
+    if args.pretrained and not args.model:
+        raise UserError("--pretrained needs --model NAME")
+    for name in ("batch_size", "img_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if args.num_workers is not None and args.num_workers < 0:
+        raise UserError(f"--num-workers must be 0 or more, not {args.num_workers}")
+    if args.output and Path(args.output).is_dir():
+        raise UserError(
+            f"--output '{args.output}' is a folder; name a JSON file, e.g. {Path(args.output) / 'results.json'}"
+        )
+
+
+def load_model(args):
+    """(model, Config describing its input, class names or None) from our checkpoint, a foreign one, or timm's."""
+    if args.pretrained and not args.checkpoint:
+        try:
+            model = create_model(args.model, num_classes=1000, pretrained=True)
+        except (OSError, RuntimeError) as e:  # no network, no hub, no file: huggingface_hub's errors are OSErrors
+            raise UserError(
+                f"cannot fetch timm's pretrained weights for {args.model} ({type(e).__name__}); "
+                "without network, download the file elsewhere and pass --checkpoint FILE"
+            ) from None
+        return model, Config(model=args.model, img_size=model.img_size[0], data="imagefolder"), None
+    model, ckpt = model_from_checkpoint(
+        args.checkpoint, args.model, use_ema=args.use_ema, **({"img_size": args.img_size} if args.img_size else {})
+    )
+    if ckpt.get("format") == FORMAT:
+        return model, from_dict(ckpt["config"]), ckpt.get("class_names")
+    cfg = Config(
+        model=args.model, model_kwargs={"in_chans": model.in_chans}, img_size=model.img_size[0], data="imagefolder"
+    )
+    return model, cfg, None
+
+
+def main(args) -> dict:
+    check_args(args)
+    dist = init_distributed()
+    model, cfg, class_names = load_model(args)
+    model.to(dist.device)
+    if args.data_path:
+        cfg.data_path = args.data_path
+        cfg.data = args.data or "imagefolder"
+    elif args.data:
+        cfg.data = args.data
+    cfg = validate(cfg)
+    cfg.batch_size = args.batch_size
+    cfg.num_workers = args.num_workers if args.num_workers is not None else (0 if cfg.data == "digits" else 8)
+    cfg.sampling_ratio = 1.0
+    if args.img_size:
+        cfg.img_size = args.img_size
+    loaders = build_loaders(cfg, dist.rank, dist.world_size, need_train=False, pin_memory=dist.device.type == "cuda")
+    if loaders.num_classes != model.num_classes:
+        raise DataError(
+            f"the model predicts {model.num_classes} classes but the data has "
+            f"{loaders.num_classes}; evaluate on the dataset it was trained for"
+        )
+    if class_names is None and dist.is_main:
+        print(
+            "note: the checkpoint carries no class names (timm's and the original authors' files do not): "
+            "the data's class folders are taken in sorted order",
+            flush=True,
+        )
+    elif class_names is not None and list(class_names) != loaders.class_names:
+        raise DataError(f"{class_difference(class_names, loaders.class_names)}; evaluate on the data it was trained on")
+    amp_dtype = torch.bfloat16 if dist.device.type == "cuda" else None
+    stats = evaluate(model, loaders.val, dist.device, amp_dtype)
+    results = {
+        "model": cfg.model,
+        "checkpoint": args.checkpoint,
+        "pretrained": args.pretrained,
+        "data": cfg.data_path if cfg.data == "imagefolder" else "digits",
+        "world_size": dist.world_size,
+        **stats,
+    }
+    if dist.is_main:
+        print(
+            f"{cfg.model}: top-1 {stats['val_acc1']:.2f}%  top-5 {stats['val_acc5']:.2f}%  "
+            f"loss {stats['val_loss']:.4f}  ({stats['val_images']} images)",
+            flush=True,
+        )
+        if args.output:
+            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    cleanup()
+    return results
+
+
+def cli() -> None:
+    """The ``convit-eval`` command (and ``python eval.py`` in a clone)."""
+    run_entry_point(
+        Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "convit-eval", lambda: main(parse_args())
+    )
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,247 @@
+"""Train a ConViT, on one process or many under torchrun.
+
+    convit-train (or python train.py in a clone)                   # configs/digits.yaml: CPU, about a minute
+    python train.py --model convit_base --data-path /data/imagenet   # configs/in1k.yaml, the paper's recipe
+    torchrun --nproc_per_node=8 train.py --config convit_small_in1k --data-path /data/imagenet
+
+Writes OUTPUT_DIR/{config.yaml, log.jsonl, summary.csv, last.pth, best.pth}. `--resume auto` continues
+from last.pth; a folder holding another run is never overwritten without --overwrite.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from timm.utils import ModelEmaV3, NativeScaler
+from torch.nn.parallel import DistributedDataParallel
+
+from convit.errors import run_entry_point
+from convit.locality import epoch_locality
+from convit.training.checkpoint import FORMAT, check_resumable, save_checkpoint, training_state
+from convit.training.config import Config, budget, list_configs, resolve, save_yaml, to_dict
+from convit.training.data import build_loaders
+from convit.training.distributed import barrier, cleanup, init_distributed
+from convit.training.engine import (
+    build_criterion,
+    build_mixup,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    model_kwargs,
+    scaled_lr,
+    seed_everything,
+    train_one_epoch,
+)
+from convit.training.run_folder import RunLock, check_output_dir, clear_previous_run, read_log, write_summary
+from convit.variants import create_model
+from convit.weights import load_weights, read_checkpoint
+
+
+def resume_path(cfg: Config) -> Path | None:
+    """The checkpoint to resume from, or None. "auto" means OUTPUT_DIR/last.pth when it exists."""
+    if cfg.resume == "auto":
+        last = Path(cfg.output_dir) / "last.pth"
+        return last if last.is_file() else None
+    return Path(cfg.resume) if cfg.resume else None
+
+
+def tensorboard_writer(cfg: Config, out: Path):
+    """A SummaryWriter on OUTPUT_DIR/tensorboard when --tensorboard is given, else None."""
+    if not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        from convit.errors import UserError
+
+        raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def main(argv=None) -> None:
+    if "--list-configs" in (sys.argv[1:] if argv is None else argv):
+        print("\n".join(list_configs()))
+        return
+    resolved = resolve(argv)
+    cfg = resolved.config
+    dist = init_distributed()
+    device = dist.device
+    amp_dtype = getattr(torch, cfg.amp_dtype) if cfg.amp and device.type == "cuda" else None
+    out = Path(cfg.output_dir)
+    path = resume_path(cfg)
+    # everything below is checked before the first file is written
+    check_output_dir(out, resuming=cfg.resume is not None, overwrite=cfg.overwrite)
+    epochs, warmup_epochs = budget(cfg)
+    loaders = build_loaders(cfg, dist.rank, dist.world_size, pin_memory=device.type == "cuda")
+
+    # model, optimizer, schedule: identical initial weights on every rank
+    seed_everything(cfg.seed)
+    kwargs = model_kwargs(cfg)
+    model = create_model(cfg.model, loaders.num_classes, **kwargs).to(device)
+    optimizer = build_optimizer(cfg, model, dist.world_size)
+    scheduler = build_scheduler(optimizer, cfg, len(loaders.train), epochs, warmup_epochs)
+    loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
+    state = training_state(read_checkpoint(path)) if path else None
+    if state:
+        check_resumable(state, cfg, loaders.class_names, path)
+        load_weights(model, state["model"], f"checkpoint '{path}'")
+    writer = tensorboard_writer(cfg, out) if dist.is_main else None
+
+    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None  # copies the weights
+    start_epoch, best_acc1, num_updates = 0, -1.0, 0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        if loss_scaler is not None and state.get("scaler"):
+            loss_scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("model_ema"):
+            load_weights(ema.module, state["model_ema"], f"EMA weights in '{path}'")
+        start_epoch = state["sampler"]["epoch"]
+        best_acc1, num_updates = state["best_acc1"], state["num_updates"]
+
+    ddp_model = model
+    if dist.distributed:
+        ddp_model = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+    mixup_fn = build_mixup(cfg, loaders.num_classes)
+    criterion = build_criterion(cfg, mixup_active=mixup_fn is not None)
+
+    lock = RunLock(out)
+    log_path = out / "log.jsonl"
+    log, log_note = read_log(log_path, start_epoch) if state else ([], None)
+    if dist.is_main:
+        n_params = sum(p.numel() for p in model.parameters())
+        overrides = ", ".join(f"{k}={v}" for k, v in resolved.overrides.items()) or "none"
+        print(
+            f"{cfg.model}: {n_params / 1e6:.2f}M parameters, model_kwargs {cfg.model_kwargs or '{}'}, "
+            f"img_size {cfg.img_size}; recipe {resolved.recipe}; overrides: {overrides}",
+            flush=True,
+        )
+        for note in resolved.notes + [log_note] * bool(log_note):
+            print(f"note: {note}", flush=True)
+        print("config: " + json.dumps(to_dict(cfg)), flush=True)
+        lock.acquire()
+        if lock.note:
+            print(f"note: {lock.note}", flush=True)
+        if cfg.overwrite:
+            clear_previous_run(out)
+        save_yaml(cfg, out / "config.yaml")
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
+        print(
+            f"{len(loaders.train.dataset)} train images, {dist.world_size} process(es) on {device.type}, "
+            f"global batch {cfg.batch_size * dist.world_size}, lr {scaled_lr(cfg, dist.world_size):.2e}, "
+            f"{epochs} epochs of {len(loaders.train)} steps",
+            flush=True,
+        )
+
+    # a fixed batch of validation images on which rank 0 logs the locality measures every epoch
+    locality_images = None
+    if dist.is_main and cfg.locality_images > 0:
+        val_set = loaders.val.dataset
+        count = min(cfg.locality_images, len(val_set))
+        locality_images = torch.stack([val_set[i][0] for i in range(count)]).to(device)
+
+    try:
+        end_epoch = min(epochs, start_epoch + cfg.stop_after) if cfg.stop_after else epochs
+        for epoch in range(start_epoch, end_epoch):
+            # every epoch's randomness depends only on (seed, epoch, rank): resuming replays it exactly
+            loaders.train.sampler.set_epoch(epoch)
+            seed_everything(cfg.seed + 100_003 * (epoch + 1) + dist.rank)
+            train_stats = train_one_epoch(
+                ddp_model,
+                loaders.train,
+                optimizer,
+                criterion,
+                device,
+                epoch,
+                scheduler=scheduler,
+                mixup_fn=mixup_fn,
+                amp_dtype=amp_dtype,
+                loss_scaler=loss_scaler,
+                clip_grad=cfg.clip_grad,
+                ema=ema,
+                num_updates=num_updates,
+                world_size=dist.world_size,
+                progress=cfg.progress and dist.is_main,
+                log_interval=cfg.log_interval,
+                desc=f"epoch {epoch + 1}/{epochs}",
+            )
+            num_updates = train_stats["num_updates"]
+            val_stats = evaluate(model, loaders.val, device, amp_dtype)
+            row = {
+                "epoch": epoch,
+                "lr": train_stats["lr"],
+                "train_loss": train_stats["train_loss"],
+                **{k: val_stats[k] for k in ("val_loss", "val_acc1", "val_acc5", "val_images")},
+            }
+            if locality_images is not None:
+                row["locality"] = epoch_locality(model, locality_images)
+            if ema is not None:
+                ema_stats = evaluate(ema.module, loaders.val, device, amp_dtype)
+                row.update(val_acc1_ema=ema_stats["val_acc1"], val_acc5_ema=ema_stats["val_acc5"])
+            row["epoch_time_s"] = train_stats["train_time_s"]
+            row["train_images_per_s"] = train_stats["train_images"] / train_stats["train_time_s"]
+            is_best = row["val_acc1"] > best_acc1
+            best_acc1 = max(best_acc1, row["val_acc1"])
+
+            if dist.is_main:
+                weights = {
+                    "format": FORMAT,
+                    "model_name": cfg.model,
+                    "model_kwargs": kwargs,
+                    "num_classes": loaders.num_classes,
+                    "class_names": loaders.class_names,
+                    "config": to_dict(cfg),
+                    "model": model.state_dict(),
+                    "epoch": epoch,
+                    "val_acc1": row["val_acc1"],
+                    "best_acc1": best_acc1,
+                    "model_ema": ema.module.state_dict() if ema is not None else None,
+                }
+                save_checkpoint(
+                    {
+                        **weights,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "scaler": loss_scaler.state_dict() if loss_scaler is not None else None,
+                        "sampler": {"epoch": epoch + 1},
+                        "num_updates": num_updates,
+                    },
+                    out / "last.pth",
+                )
+                if is_best:
+                    save_checkpoint(weights, out / "best.pth")
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                log.append(row)
+                write_summary(out / "summary.csv", log)
+                if writer is not None:
+                    for key, value in row.items():
+                        if isinstance(value, (int, float)) and key != "epoch":
+                            writer.add_scalar(key, value, epoch + 1)
+                    writer.flush()
+                print(
+                    f"epoch {epoch + 1}/{epochs}  lr {row['lr']:.2e}  train_loss {row['train_loss']:.4f}  "
+                    f"val_loss {row['val_loss']:.4f}  val_acc1 {row['val_acc1']:.2f}  "
+                    f"val_acc5 {row['val_acc5']:.2f}  {row['epoch_time_s']:.1f}s  "
+                    f"{row['train_images_per_s']:.0f} img/s",
+                    flush=True,
+                )
+            barrier()
+        if dist.is_main:
+            print(f"best val_acc1 {best_acc1:.2f}; checkpoints in {out}/", flush=True)
+    finally:
+        if writer is not None:
+            writer.close()
+        lock.release()
+    cleanup()
+
+
+def cli() -> None:
+    """The ``convit-train`` command (and ``python train.py`` in a clone)."""
+    run_entry_point(Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "convit-train", main)
+
+
+if __name__ == "__main__":
+    cli()
