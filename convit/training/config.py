@@ -397,7 +397,7 @@ def resolve(argv: list[str] | None = None, prog: str = "train.py") -> Resolved:
         check_model_kwargs(cli["model_kwargs"], "--model-kwargs")
     cfg = validate(Config(**values))
     overrides = {**{k: v for k, v in cli.items() if k != "model_kwargs"}, **model_args}
-    return Resolved(cfg, str(find_config(recipe)), notes, overrides)
+    return Resolved(cfg, str(find_config(recipe).resolve()), notes, overrides)
 
 
 def parse_args(argv: list[str] | None = None) -> Config:

@@ -1,0 +1,204 @@
+"""Every command README shows runs in a test, in its smallest form, so that README cannot drift from the code.
+
+`COVERED` maps each command of README's ```bash blocks to where it runs: a runner in this file (the
+smallest form: --epochs 1, a tiny model, a few generated images, two processes instead of eight), or
+the test elsewhere that runs it. A command added to README without an entry here fails
+`test_every_readme_command_is_covered`.
+"""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, TINY_MODEL, make_image_folder, run_script
+
+README = (ROOT / "README.md").read_text()
+FAST = ["--progress", "false", "--locality-images", "0", "--num-workers", "0"]
+DIGITS_TINY = ["--depth", "2", "--local-up-to-layer", "1", "--embed-dim", "32", *FAST]
+
+
+def readme_commands() -> list[str]:
+    """The commands of README's ```bash blocks: continuation lines joined, comments dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands.append(re.sub(r"\s+", " ", line))
+    return commands
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("imagenet"), n_train=2, n_val=2)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits") / "digits"
+    proc = run_script("train.py", [*DIGITS_TINY, "--epochs", "1", "--output-dir", out])
+    assert proc.stdout.startswith("convit_tiny: ")
+    return out
+
+
+def convit_base(data, tmp_path, config):
+    """python train.py [--config configs/in1k.yaml] --model convit_base --data-path X --epochs 1: the real ConViT-B."""
+    args = [*config, "--model", "convit_base", "--data-path", data, "--epochs", "1", "--batch-size", "2", *FAST]
+    proc = run_script("train.py", [*args, "--output-dir", tmp_path / "b"], timeout=600)
+    first = proc.stdout.splitlines()[0]
+    from convit import create_model
+
+    n_params = sum(p.numel() for p in create_model("convit_base", 3).parameters())  # 86.5 M with 1000 classes
+    assert first.startswith(f"convit_base: {n_params / 1e6:.2f}M parameters, model_kwargs {{}}, img_size 224;")
+    assert "recipe " + str(ROOT / "convit" / "training" / "configs" / "in1k.yaml") in first
+
+
+def torchrun_recipe(data, tmp_path, extra=()):
+    args = ["--config", "configs/convit_small_in1k.yaml", "--data-path", data, *TINY_MODEL, "--batch-size", "2"]
+    return run_script("train.py", [*args, *FAST, "--epochs", "2", *extra, "--output-dir", tmp_path / "s"], nproc=2)
+
+
+def run_torchrun_then_resume(data, tmp_path):
+    torchrun_recipe(data, tmp_path, ["--stop-after", "1"])
+    torchrun_recipe(data, tmp_path, ["--resume", "auto"])
+    rows = (tmp_path / "s" / "log.jsonl").read_text().splitlines()
+    assert len(rows) == 2
+
+
+def run_eval_forms(data, tmp_path):
+    run_script(
+        "train.py",
+        ["--data-path", data, *TINY_MODEL, "--batch-size", "2", *FAST, "--epochs", "1", "--output-dir", tmp_path / "t"],
+    )
+    best = tmp_path / "t" / "best.pth"
+    assert "top-1" in run_script("eval.py", ["--checkpoint", best, "--data-path", data]).stdout
+    run_script("eval.py", ["--checkpoint", best, "--data-path", data, "--output", tmp_path / "r.json"], nproc=2)
+    assert (tmp_path / "r.json").is_file()
+    import timm
+
+    import convit  # noqa: F401
+
+    torch.save(timm.create_model("convit_small", num_classes=3).state_dict(), tmp_path / "convit_small.pth")
+    out = run_script(
+        "eval.py", ["--model", "convit_small", "--checkpoint", tmp_path / "convit_small.pth", "--data-path", data]
+    )
+    assert "convit_small: top-1" in out.stdout
+
+
+def run_eval_pretrained_offline(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: the command's one-line answer
+    proc = run_script("eval.py", ["--model", "convit_small", "--pretrained", "--data-path", data], check=False)
+    assert proc.returncode == 2 and "cannot fetch timm's pretrained weights for convit_small" in proc.stderr
+
+
+def run_eval_digits(digits_run):
+    assert "(360 images)" in run_script("eval.py", ["--checkpoint", digits_run / "best.pth"]).stdout
+
+
+def check_sbatch():
+    script = (ROOT / "scripts" / "train.sbatch").read_text()
+    assert "```sh\n" + script + "```" in README  # README shows the file as it is
+    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "train.sbatch")], check=True)
+
+
+def check_ci_runs(*lines):
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert all(line in ci for line in lines), lines
+
+
+ELSEWHERE = "runs elsewhere"
+COVERED = {
+    "pip install torch==2.14.1 torchvision==0.29.1": ("ci", "pip install torch==2.14.1 torchvision==0.29.1"),
+    'pip install -e ".[dev]"': ("ci", 'pip install -e ".[dev]"'),
+    "pytest": ("ci", "pytest"),
+    "python -m build": (ELSEWHERE, "tests/test_wheel.py::test_wheel_installs_and_runs_outside_the_repository"),
+    'pip install "dist/convit-0.1.0-py3-none-any.whl[train,analysis]"': (ELSEWHERE, "tests/test_wheel.py"),
+    "convit-train --list-configs": (ELSEWHERE, "tests/test_wheel.py"),
+    "convit-train --epochs 1": (ELSEWHERE, "tests/test_wheel.py"),
+    "convit-eval --checkpoint out/digits/best.pth": (ELSEWHERE, "tests/test_wheel.py"),
+    "convit-locality --checkpoint out/digits/best.pth --out out/locality": (ELSEWHERE, "tests/test_wheel.py"),
+    "python train.py": ("digits", None),
+    "python train.py --model convit_base --data-path /data/imagenet --epochs 1": ("base", []),
+    "python train.py --config configs/in1k.yaml --model convit_base --data-path /data/imagenet --epochs 1": (
+        "base",
+        ["--config", "configs/in1k.yaml"],
+    ),
+    "torchrun --nproc_per_node=8 train.py --config configs/convit_small_in1k.yaml --data-path /data/imagenet": (
+        "torchrun",
+        None,
+    ),
+    "torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=$HEAD:29500 --rdzv-id=convit_s "
+    "train.py --config configs/convit_small_in1k.yaml --data-path /data/imagenet --batch-size 64": (
+        ELSEWHERE,
+        "tests/test_distributed.py::test_two_nodes_equal_one_node_with_two_processes",
+    ),
+    "torchrun --nproc_per_node=8 train.py --config configs/convit_small_in1k.yaml --data-path /data/imagenet "
+    "--resume auto": ("torchrun", None),
+    "python eval.py --checkpoint out/convit_small_in1k/best.pth --data-path /data/imagenet": ("eval", None),
+    "torchrun --nproc_per_node=8 eval.py --checkpoint out/convit_small_in1k/best.pth --data-path /data/imagenet "
+    "--output results.json": ("eval", None),
+    "python eval.py --model convit_small --checkpoint convit_small.pth --data-path /data/imagenet": ("eval", None),
+    "python eval.py --model convit_small --pretrained --data-path /data/imagenet": ("pretrained", None),
+    "python eval.py --checkpoint out/digits/best.pth": ("digits", None),
+    "python -m convit.locality --model convit_tiny --data digits --out out/locality": (
+        ELSEWHERE,
+        "tests/test_locality.py",
+    ),
+    "python -m convit.locality --checkpoint out/best.pth --data-path /data/imagenet/val --num-images 256 "
+    "--query 7,7 --ablate --out out/locality": (ELSEWHERE, "tests/test_locality.py"),
+    "python -m convit.locality --log out/train/log.jsonl --out out/locality": (ELSEWHERE, "tests/test_locality.py"),
+    "python experiments/data_efficiency.py --fractions 0.05,0.1,0.3,0.5,1.0 --seeds 0,1,2 --steps 800 "
+    "--out experiments/results": (ELSEWHERE, "tests/test_data_efficiency.py::test_tiny_run_writes_every_output"),
+    "OMP_NUM_THREADS=1 python benchmarks/bench_models.py --model convit_tiny --img-size 224 --batch 16 --repeats 7": (
+        ELSEWHERE,
+        "tests/test_bench.py",
+    ),
+}
+
+
+def test_every_readme_command_is_covered():
+    commands = readme_commands()
+    assert set(commands) == set(COVERED), (
+        f"not covered: {sorted(set(commands) - set(COVERED))}; gone: {sorted(set(COVERED) - set(commands))}"
+    )
+    for kind, where in COVERED.values():
+        if kind == ELSEWHERE:  # the test that runs it exists
+            path, _, name = where.partition("::")
+            assert (ROOT / path).is_file() and (not name or f"def {name}(" in (ROOT / path).read_text()), where
+
+
+def test_set_up_and_test_commands_are_what_ci_runs():
+    check_ci_runs(*(where for kind, where in COVERED.values() if kind == "ci"))
+
+
+def test_slurm_example():
+    check_sbatch()
+
+
+def test_digits_commands(digits_run):
+    run_eval_digits(digits_run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", [[], ["--config", "configs/in1k.yaml"]], ids=["no-config", "in1k"])
+def test_convit_base_commands(data, tmp_path, config):
+    convit_base(data, tmp_path, config)
+
+
+def test_torchrun_and_resume_commands(data, tmp_path):
+    run_torchrun_then_resume(data, tmp_path)
+
+
+def test_eval_commands(data, tmp_path, monkeypatch):
+    run_eval_forms(data, tmp_path)
+    run_eval_pretrained_offline(data, tmp_path, monkeypatch)
+
+
+def test_train_py_is_the_digits_recipe():
+    """`python train.py` is configs/digits.yaml; its smallest form (one epoch, small model) runs in digits_run."""
+    sys.path.insert(0, str(ROOT))
+    from convit.training.config import parse_args
+
+    assert parse_args([]) == parse_args(["--config", "configs/digits.yaml"])
