@@ -231,7 +231,12 @@ def test_plot_log_over_epochs(tmp_path):
     records = [json.loads(line) for line in open(log)]
     assert records[0]["locality"]["gates"] != records[2]["locality"]["gates"]
     paths = L.plot_log(str(log), str(tmp_path / "plots"))
-    assert [p.split("/")[-1] for p in paths] == ["nonlocality_over_epochs.png", "gates_over_epochs.png"]
+    assert [p.split("/")[-1] for p in paths] == [
+        "nonlocality_over_epochs.png",
+        "gates_over_epochs.png",
+        "sharpness_over_epochs.png",
+        "centres_over_epochs.png",
+    ]
     for path in paths:
         Image.open(path).verify()
     command.main(["--log", str(log), "--out", str(tmp_path / "cli")])
@@ -329,6 +334,10 @@ def test_module_runs_as_a_command(tmp_path):
         "nonlocality.png",
         "gates.png",
         "attention_maps.png",
+        "nonlocality_parts.png",
+        "centres.png",
+        "overlay_image0.png",
+        "report.md",
     }
 
 
