@@ -359,7 +359,7 @@ def _write_markdown(path: str, argv: Sequence[str], reports: Sequence[dict], not
     for report in reports:
         rows, cols = report["grid_size"]
         lines.append(
-            f"- **{report['label']}**: {report['architecture']} ({report['family']}), {len(report['blocks'])} blocks, "
+            f"- **{report['label']}**: {report['architecture']} (from {report['family']}), {len(report['blocks'])} blocks, "
             f"{report['num_heads']} heads, {report['local_up_to_layer']} GPSA blocks, {rows}x{cols} patch grid, "
             f"{report['num_images']} images of {report['data']}"
             + (f", weights {report['checkpoint']}" if report["checkpoint"] else "")
@@ -432,7 +432,7 @@ def run(args: argparse.Namespace) -> dict:
             (
                 os.path.join(args.out, "nonlocality_compare.png"),
                 "Non-locality per layer of the models side by side (dots: heads, line: their mean), the paper's "
-                "DeiT-against-ConViT figure: a ConViT's GPSA layers start local and its late layers turn global.",
+                "DeiT-against-ConViT figure: lower = more local; compare the models layer by layer.",
             ),
         ]
         plot_compare(reports, labels, comparison[2][0], "; ".join(note.split(":")[0] for note in notes) or None)

@@ -98,7 +98,7 @@ class _Adapter:
 
 
 class _OursAdapter(_Adapter):
-    family = "ConViT (convit)"
+    family = "convit"
     gpsa_types = (GPSA,)
     attention_types = (GPSA, MHSA)
 
@@ -110,7 +110,7 @@ class _OursAdapter(_Adapter):
 
 
 class _TimmConVitAdapter(_Adapter):
-    family = "timm ConVit"
+    family = "timm convit"
 
     def __init__(self):
         from timm.models import convit
@@ -132,7 +132,7 @@ class _TimmConVitAdapter(_Adapter):
 
 
 class _TimmViTAdapter(_Adapter):
-    family = "timm VisionTransformer"
+    family = "timm vision_transformer"
 
     def __init__(self):
         from timm.layers import Attention
