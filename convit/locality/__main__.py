@@ -291,7 +291,7 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
         [block["gate"] for block in report["blocks"]],
     )
     if chosen:
-        per_image = capture(model, images[chosen], args.batch_size, per_image=True)
+        per_image = capture(model, images[chosen], args.batch_size, per_image=True, parts=False)
         rollouts = attention_rollout(per_image.maps)
         for n, index in enumerate(chosen):
             path = os.path.join(out, f"overlay_image{index}.png")

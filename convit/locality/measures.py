@@ -168,7 +168,9 @@ class _Model(NamedTuple):
 def _unwrap(model: nn.Module) -> nn.Module:
     """The model inside DistributedDataParallel / DataParallel wrappers and torch.compile modules."""
     while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)
         if not isinstance(inner, nn.Module):
             return model
         model = inner
@@ -264,9 +266,15 @@ class Capture(NamedTuple):
 
 
 def capture(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 32, progress: bool = False, per_image: bool = False
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 32,
+    progress: bool = False,
+    per_image: bool = False,
+    parts: bool = True,
 ) -> Capture:
-    """Run ``model`` on ``images`` and capture every block's attention (and GPSA's two parts) through hooks."""
+    """Run ``model`` on ``images`` and capture every block's attention (and, with ``parts``, GPSA's content and
+    positional parts) through hooks."""
     if images.dim() != 4 or images.shape[0] == 0:
         raise LocalityError(f"images must be a non-empty batch shaped (B, C, H, W), got shape {list(images.shape)}")
     resolved = _resolve(model)
@@ -288,7 +296,7 @@ def capture(
     def make_hook(index: int):
         def hook(attn: nn.Module, args: tuple, kwargs: dict) -> None:
             keep("maps", index, _patches_only(adapter.probs(attn, args, kwargs, grid_size), num_patches))
-            if adapter.is_gpsa(attn):
+            if parts and adapter.is_gpsa(attn):
                 content, positional = _gpsa_parts(attn, args[0], grid_size)
                 keep("content", index, content)
                 store[("positional", index)] = [positional.float().cpu()]
@@ -311,7 +319,7 @@ def capture(
         return torch.cat(parts) if per_image else parts[0] / images.shape[0]
 
     blocks = range(len(resolved.attention))
-    gpsa = resolved.gpsa()
+    gpsa = resolved.gpsa() if parts else []
     return Capture(
         [gather("maps", i) for i in blocks],
         grid_size,
