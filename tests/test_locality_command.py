@@ -160,3 +160,29 @@ def test_readme_commands(tmp_path):
     proc = run_module("convit.locality", ["--log", tmp_path / "convit_digits" / "log.jsonl", "--out", tmp_path / "log"])
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "log" / "centres_over_epochs.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "models", [["--model", "convit_tiny"], ["--model", "convit_tiny", "--model", "deit_tiny_patch16_224"]]
+)
+def test_readme_command_forms_by_name(tmp_path, models):
+    """README's first two command forms (untrained models by name), on two digits."""
+    result = command.main(models + ["--num-images", "2", "--images", "0", "--out", str(tmp_path / "out")])
+    reports = result.get("models", [result])
+    assert [r["grid_size"] for r in reports] == [[14, 14]] * len(reports)
+    assert (tmp_path / "out" / "report.md").is_file()
+
+
+def test_readme_command_form_with_folder_images_and_queries(tmp_path):
+    """README's third command form: a checkpoint on an image folder, chosen images, two queries, ablation."""
+    checkpoint = training_checkpoint(tmp_path / "best.pth", num_classes=2)
+    for label in ("cat", "dog"):
+        (tmp_path / "val" / label).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (20, 24), (60 * i, 100, 200)).save(tmp_path / "val" / label / f"{i}.png")
+    argv = ["--checkpoint", str(checkpoint), "--data-path", str(tmp_path / "val"), "--num-images", "4"]
+    argv += ["--images", "0,3", "--query", "1,1", "--query", "2,3", "--ablate", "--out", str(tmp_path / "out")]
+    report = command.main(argv)
+    assert report["images"] == [0, 3] and report["queries"] == [[1, 1], [2, 3]]
+    for name in ("overlay_image0.png", "overlay_image3.png", "ablation.png", "attention_maps.png"):
+        Image.open(tmp_path / "out" / name).verify()
