@@ -231,7 +231,12 @@ def test_plot_log_over_epochs(tmp_path):
     records = [json.loads(line) for line in open(log)]
     assert records[0]["locality"]["gates"] != records[2]["locality"]["gates"]
     paths = L.plot_log(str(log), str(tmp_path / "plots"))
-    assert [p.split("/")[-1] for p in paths] == ["nonlocality_over_epochs.png", "gates_over_epochs.png"]
+    assert [p.split("/")[-1] for p in paths] == [
+        "nonlocality_over_epochs.png",
+        "gates_over_epochs.png",
+        "sharpness_over_epochs.png",
+        "centres_over_epochs.png",
+    ]
     for path in paths:
         Image.open(path).verify()
     command.main(["--log", str(log), "--out", str(tmp_path / "cli")])
@@ -329,6 +334,10 @@ def test_module_runs_as_a_command(tmp_path):
         "nonlocality.png",
         "gates.png",
         "attention_maps.png",
+        "nonlocality_parts.png",
+        "centres.png",
+        "overlay_image0.png",
+        "report.md",
     }
 
 
@@ -384,3 +393,235 @@ def test_command_reads_an_image_folder(tmp_path):
                 str(tmp_path / "o"),
             ]
         )
+
+
+# ---------------------------------------------------------------------------------------------- other families
+
+
+def tiny_vit(fused=True, reg_tokens=0, **kwargs):
+    """A timm VisionTransformer (DeiT layout) on a 4 x 5 patch grid."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(
+        img_size=(8, 10),
+        patch_size=2,
+        embed_dim=24,
+        depth=2,
+        num_heads=4,
+        num_classes=5,
+        reg_tokens=reg_tokens,
+        **kwargs,
+    )
+    for block in model.blocks:
+        block.attn.fused_attn = fused
+    return model.eval()
+
+
+def tiny_timm_convit(locality_strength=3.0):
+    """timm's own ConVit (its constructor takes the width per head) on a 4 x 4 grid."""
+    from timm.models.convit import ConVit
+
+    return ConVit(
+        img_size=8,
+        patch_size=2,
+        embed_dim=4,
+        num_heads=9,
+        depth=3,
+        local_up_to_layer=2,
+        locality_strength=locality_strength,
+        num_classes=5,
+    ).eval()
+
+
+def vit_block_inputs(model, x_images):
+    """Each block's input of a timm ViT, computed as its forward_features does, one step at a time."""
+    inputs = []
+    with torch.no_grad():
+        x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x_images))))
+        for block in model.blocks:
+            inputs.append(x)
+            x = block(x)
+    return inputs
+
+
+@pytest.mark.parametrize("fused, reg_tokens", [(True, 0), (False, 0), (True, 2)])
+def test_timm_vit_maps_equal_a_recomputation_from_block_inputs(fused, reg_tokens):
+    model = tiny_vit(fused, reg_tokens)
+    width, heads, d = 24, 4, 6
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for block in model.blocks:  # hand-set q/k weights, large enough for peaked attention
+            block.attn.qkv.weight[: 2 * width] = 0.6 * torch.randn(2 * width, width, generator=generator)
+    x_images = torch.randn(3, 3, 8, 10)
+    maps = L.attention_maps(model, x_images, batch_size=2)
+    prefix = 1 + reg_tokens
+    assert model.num_prefix_tokens == prefix
+    for block, x, attn in zip(model.blocks, vit_block_inputs(model, x_images), maps, strict=True):
+        with torch.no_grad():
+            h = block.norm1(x)
+            w, b = block.attn.qkv.weight, block.attn.qkv.bias
+            q = (h @ w[:width].T + b[:width]).reshape(3, -1, heads, d).transpose(1, 2)
+            k = (h @ w[width : 2 * width].T + b[width : 2 * width]).reshape(3, -1, heads, d).transpose(1, 2)
+            probs = (q @ k.transpose(-2, -1) / math.sqrt(d)).softmax(-1)[..., prefix:, prefix:]
+            probs = probs / probs.sum(-1, keepdim=True)
+        assert attn.shape == (heads, 20, 20)
+        assert torch.allclose(attn, probs.mean(0), atol=1e-5)
+        assert attn.max() > 0.5  # peaked: the hand-set weights are really used
+
+
+def test_timm_vit_with_uniform_attention_gives_mean_pairwise_distance():
+    model = tiny_vit(reg_tokens=1, qkv_bias=True)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight[:48].zero_()
+            block.attn.qkv.bias[:48].zero_()
+    pos = grid_positions(4, 5).float()
+    distance = L.nonlocality(model, torch.randn(2, 3, 8, 10))
+    assert distance.shape == (2, 4)
+    assert torch.allclose(distance, torch.full_like(distance, torch.cdist(pos, pos).mean().item()), atol=1e-5)
+    report = L.locality_report(model, torch.randn(2, 3, 8, 10))
+    assert report["gates"] == [] and report["centres"] == [] and report["local_up_to_layer"] == 0
+    assert [b["type"] for b in report["blocks"]] == ["MHSA", "MHSA"]
+
+
+def test_timm_vit_qk_norm_is_applied():
+    model = tiny_vit(fused=True, qk_norm=True)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.q_norm.weight.fill_(3.0)  # changes the attention only if the norm is applied
+    x_images = torch.randn(2, 3, 8, 10)
+    maps = L.attention_maps(model, x_images)
+    for block, x, attn in zip(model.blocks, vit_block_inputs(model, x_images), maps, strict=True):
+        with torch.no_grad():
+            q, k, _ = block.attn.qkv(block.norm1(x)).reshape(2, -1, 3, 4, 6).permute(2, 0, 3, 1, 4)
+            q, k = block.attn.q_norm(q), block.attn.k_norm(k)
+            probs = (q @ k.transpose(-2, -1) / math.sqrt(6)).softmax(-1)[..., 1:, 1:]
+        assert torch.allclose(attn, (probs / probs.sum(-1, keepdim=True)).mean(0), atol=1e-5)
+
+
+def test_timm_convit_maps_gates_and_centres():
+    model = tiny_timm_convit()
+    x_images = torch.randn(2, 3, 8, 8)
+    maps = L.attention_maps(model, x_images)
+    with torch.no_grad():  # timm's own forward sets rel_indices; recompute with its get_attention
+        model(x_images)
+        x = model.pos_drop(model.patch_embed(x_images) + model.pos_embed)
+        for i, block in enumerate(model.blocks):
+            if i == model.local_up_to_layer:
+                x = torch.cat((model.cls_token.expand(2, -1, -1), x), dim=1)
+            if i < model.local_up_to_layer:
+                probs = block.attn.get_attention(block.norm1(x))
+            else:
+                q, k, _ = block.attn.qkv(block.norm1(x)).reshape(2, 17, 3, 9, 4).permute(2, 0, 3, 1, 4)
+                probs = (q @ k.transpose(-2, -1) * block.attn.scale).softmax(-1)[..., 1:, 1:]
+                probs = probs / probs.sum(-1, keepdim=True)
+            assert torch.allclose(maps[i], probs.mean(0), atol=1e-5)
+            x = block(x)
+    assert torch.allclose(L.gates(model), torch.sigmoid(torch.ones(2, 9)))
+    assert torch.allclose(L.positional_sharpness(model), torch.full((2, 9), 3.0))
+    # timm's local_init: head h1 + 3 * h2 peaks at (dx, dy) = (h2 - 1, h1 - 1)
+    expected = torch.tensor([[h // 3 - 1, h % 3 - 1] for h in range(9)], dtype=torch.float32)
+    assert torch.allclose(L.positional_centres(model), expected.expand(2, 9, 2), atol=1e-6)
+
+
+def test_local_init_centres_are_the_kernel_offsets_and_sharpness_the_locality_strength():
+    for strength in (0.5, 2.0):
+        model = tiny(locality_strength=strength)
+        centres, sharpness = L.positional_centres(model), L.positional_sharpness(model)
+        assert centres.shape == (2, 9, 2) and sharpness.shape == (2, 9)
+        for b in range(2):
+            assert torch.allclose(centres[b], model.blocks[b].attn.kernel_offsets().float(), atol=1e-6)
+        assert torch.allclose(sharpness, torch.full((2, 9), strength))
+
+
+def test_centres_agree_with_the_authors_formula():
+    """The original code's centre of head h is -w[:2] / (2 * w[2]) with w = pos_proj.weight[h]."""
+    model = tiny(locality_strength=1.0)
+    with torch.no_grad():
+        for block in model.blocks[:2]:
+            weight = torch.randn(9, 3)
+            weight[:, 2] = -torch.rand(9) - 0.2  # negative: a peaked positional attention
+            block.attn.pos_proj.weight.copy_(weight)
+    centres, sharpness = L.positional_centres(model), L.positional_sharpness(model)
+    for b in range(2):
+        for h in range(9):
+            w = model.blocks[b].attn.pos_proj.weight[h].tolist()
+            assert centres[b, h, 0].item() == pytest.approx(-w[0] / (2 * w[2]), rel=1e-5)
+            assert centres[b, h, 1].item() == pytest.approx(-w[1] / (2 * w[2]), rel=1e-5)
+            assert sharpness[b, h].item() == pytest.approx(-w[2], rel=1e-6)
+    # the centre is where the positional attention peaks: (dx, dy) = (column, row) offsets
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        attn.pos_proj.weight.copy_(torch.tensor([[-2 * 20.0 * 1, -2 * 20.0 * 2, 20.0]] * 9).neg())
+    centre = L.positional_centres(model)[0, 0]
+    assert torch.allclose(centre, torch.tensor([1.0, 2.0]))
+    query = 0  # row 0, col 0: peak at row 2, col 1
+    assert attn.positional_attention((4, 5))[0, query].argmax().item() == 2 * 5 + 1
+    # no peak (w2 >= 0): NaN centre, reported as None
+    with torch.no_grad():
+        attn.pos_proj.weight[:, 2] = 0.5
+    assert torch.isnan(L.positional_centres(model)[0]).all()
+    assert L.locality_report(model, images(model))["blocks"][0]["centre"][0] == [None, None]
+
+
+def test_content_and_positional_parts():
+    model = tiny(locality_strength=2.0)
+    x = images(model)
+    set_gates(model, 30.0)  # fully positional: the mix is the positional part
+    content, positional = L.nonlocality_parts(model, x)
+    assert content.shape == positional.shape == (2, 9)
+    assert torch.allclose(L.nonlocality(model, x)[:2], positional, atol=1e-5)
+    set_gates(model, -30.0)  # fully content
+    content2, positional2 = L.nonlocality_parts(model, x)
+    assert torch.allclose(L.nonlocality(model, x)[:2], content2, atol=1e-5)
+    # the positional part does not depend on the gates; block 0's content part neither (its input does not)
+    assert torch.allclose(positional, positional2) and torch.allclose(content[0], content2[0], atol=1e-6)
+    # the positional part is the module's own positional attention
+    maps = L.capture(model, x).positional
+    assert torch.allclose(maps[0], model.blocks[0].attn.positional_attention((4, 5)), atol=1e-6)
+    logged = L.epoch_locality(model, x)
+    assert {"nonlocality", "gates", "nonlocality_content", "nonlocality_positional", "centres", "sharpness"} <= set(
+        logged
+    )
+    assert torch.tensor(logged["centres"]).shape == (2, 9, 2)
+
+
+def test_rollout_of_identity_attention_is_the_identity():
+    eye = torch.eye(20).expand(4, 20, 20)
+    for rollout in L.attention_rollout([eye, eye, eye]):
+        assert torch.allclose(rollout, torch.eye(20))
+    # per image, and one hand-computed step: two blocks of uniform attention
+    uniform = torch.full((2, 4, 20, 20), 1 / 20)
+    rollouts = L.attention_rollout([uniform, uniform])
+    step = (torch.full((20, 20), 1 / 20) + torch.eye(20)) / 2
+    assert rollouts[0].shape == (2, 20, 20)
+    assert torch.allclose(rollouts[1][1], step @ step, atol=1e-6)
+    assert torch.allclose(rollouts[1].sum(-1), torch.ones(2, 20), atol=1e-5)
+
+
+def test_wrapped_compiled_and_unsupported_models():
+    model = tiny_vit()
+    x = torch.randn(2, 3, 8, 10)
+    compiled = torch.compile(model)  # lazily compiled: the measures reach the module inside, never compile it
+    assert torch.equal(L.nonlocality(torch.nn.DataParallel(compiled), x), L.nonlocality(model, x))
+    with pytest.raises(LocalityError, match="Sequential has no attention"):
+        L.nonlocality(torch.nn.Sequential(torch.nn.Linear(2, 2)), x)
+
+    class OtherAttention(torch.nn.Module):
+        def forward(self, x, **kwargs):
+            return x
+
+    model.blocks[1].attn = OtherAttention()
+    with pytest.raises(LocalityError) as error:
+        L.nonlocality(model, x)
+    assert "block 1 has attention OtherAttention" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_head_ablation_on_a_timm_vit():
+    model = tiny_vit()
+    x = torch.randn(6, 3, 8, 10)
+    with torch.no_grad():
+        model.blocks[0].attn.proj.weight[:, :6] = 0  # head 0 of block 0 writes nothing
+        labels = model(x).argmax(-1)
+    base, drop = L.head_ablation(model, x, labels)
+    assert base == 1.0 and drop.shape == (2, 4) and drop[0, 0] == 0

@@ -1,31 +1,60 @@
-"""Locality analysis of ConViT (d'Ascoli et al., 2021): attention maps, non-locality, gates, head ablation.
+"""Locality analysis of ConViT (d'Ascoli et al., 2021) and timm's vision transformers: attention maps,
+non-locality (gated, content, positional), gates, positional centres and sharpness, rollout, head ablation.
 
 ``measures`` needs only the zoo; ``plots`` draws PNGs with matplotlib (imported when a plot is drawn);
 ``__main__`` is the command, ``python -m convit.locality``.
 """
 
 from .measures import (
+    Capture,
     attention_maps,
+    attention_rollout,
+    capture,
     epoch_locality,
     gates,
     head_ablation,
     locality_report,
     nonlocality,
+    nonlocality_parts,
     patch_distances,
+    patch_grid,
+    positional_centres,
+    positional_sharpness,
 )
-from .plots import plot_ablation, plot_attention_maps, plot_gates, plot_log, plot_nonlocality
+from .plots import (
+    plot_ablation,
+    plot_attention_maps,
+    plot_centres,
+    plot_compare,
+    plot_gates,
+    plot_log,
+    plot_nonlocality,
+    plot_nonlocality_parts,
+    plot_overlays,
+)
 
 __all__ = [
+    "Capture",
     "attention_maps",
+    "attention_rollout",
+    "capture",
     "epoch_locality",
     "gates",
     "head_ablation",
     "locality_report",
     "nonlocality",
+    "nonlocality_parts",
     "patch_distances",
+    "patch_grid",
     "plot_ablation",
     "plot_attention_maps",
+    "plot_centres",
+    "plot_compare",
     "plot_gates",
     "plot_log",
     "plot_nonlocality",
+    "plot_nonlocality_parts",
+    "plot_overlays",
+    "positional_centres",
+    "positional_sharpness",
 ]
