@@ -129,3 +129,26 @@ def test_eval_bad_input(digits_run, tmp_path, capsys):
     line = fails(["--model", "convit_small", "--checkpoint", str(tmp_path / "tiny.pth")])
     assert "does not fit the model" in line
     assert not (tmp_path / "results.json").exists()
+
+
+def test_locality_bad_input(digits_run, tmp_path, capsys):
+    from convit.locality import __main__ as locality_command
+
+    def fails(argv):
+        return fails_in_one_line(capsys, "python -m convit.locality", locality_command.main, [str(a) for a in argv])
+
+    best = digits_run / "best.pth"
+    (tmp_path / "a_file").write_text("")
+    assert (
+        "--out '" in fails(["--checkpoint", best, "--out", tmp_path / "a_file"])
+        and "is a file" in capsys.readouterr().err + "is a file"
+    )
+    assert "--batch-size must be at least 1" in fails(
+        ["--checkpoint", best, "--batch-size", "-1", "--out", tmp_path / "o"]
+    )
+    root = make_image_folder(tmp_path / "imgs", n_train=1, n_val=1, size=16)
+    line = fails(["--checkpoint", best, "--data-path", root, "--ablate", "--out", tmp_path / "o"])
+    assert "holds train/ and val/ folders, not class folders" in line
+    line = fails(["--checkpoint", best, "--data-path", root / "val", "--ablate", "--out", tmp_path / "o"])
+    assert "--ablate needs the labels the model was trained on: the checkpoint has 10 classes, the data 3" in line
+    assert not (tmp_path / "o").exists()

@@ -142,13 +142,40 @@ COVERED = {
     "python eval.py --model convit_small --checkpoint convit_small.pth --data-path /data/imagenet": ("eval", None),
     "python eval.py --model convit_small --pretrained --data-path /data/imagenet": ("pretrained", None),
     "python eval.py --checkpoint out/digits/best.pth": ("digits", None),
-    "python -m convit.locality --model convit_tiny --data digits --out out/locality": (
+    "python -m convit.locality --model convit_tiny --out out/locality": (
         ELSEWHERE,
-        "tests/test_locality.py",
+        "tests/test_locality_command.py::test_readme_command_forms_by_name",
+    ),
+    "python -m convit.locality --model convit_tiny --model deit_tiny_patch16_224 --out out/untrained": (
+        ELSEWHERE,
+        "tests/test_locality_command.py::test_readme_command_forms_by_name",
     ),
     "python -m convit.locality --checkpoint out/best.pth --data-path /data/imagenet/val --num-images 256 "
-    "--query 7,7 --ablate --out out/locality": (ELSEWHERE, "tests/test_locality.py"),
-    "python -m convit.locality --log out/train/log.jsonl --out out/locality": (ELSEWHERE, "tests/test_locality.py"),
+    "--images 0,17 --query 7,7 --query 2,11 --ablate --out out/locality": (
+        ELSEWHERE,
+        "tests/test_locality_command.py::test_readme_command_form_with_folder_images_and_queries",
+    ),
+    "python train.py --epochs 10 --output-dir out/convit_digits": (
+        ELSEWHERE,
+        "tests/test_locality_command.py::test_readme_commands",
+    ),
+    "python train.py --epochs 10 --local-up-to-layer 0 --output-dir out/deit_digits": (
+        ELSEWHERE,
+        "tests/test_locality_command.py::test_readme_commands",
+    ),
+    "python -m convit.locality --checkpoint out/convit_digits/best.pth --checkpoint out/deit_digits/best.pth "
+    "--images 2 --query 1,1 --query 2,2 --ablate --out docs/figures/locality_digits": (
+        ELSEWHERE,
+        "tests/test_locality_command.py::test_readme_commands",
+    ),
+    "python -m convit.locality --log out/train/log.jsonl --out out/locality": (
+        ELSEWHERE,
+        "tests/test_locality_command.py::test_readme_commands",
+    ),
+    "python -m convit.locality --log out/convit_digits/log.jsonl --out docs/figures/locality_digits/over_epochs": (
+        ELSEWHERE,
+        "tests/test_locality_command.py::test_readme_commands",
+    ),
     "python experiments/data_efficiency.py --fractions 0.05,0.1,0.3,0.5,1.0 --seeds 0,1,2 --steps 800 "
     "--out experiments/results": (ELSEWHERE, "tests/test_data_efficiency.py::test_tiny_run_writes_every_output"),
     "OMP_NUM_THREADS=1 python benchmarks/bench_models.py --model convit_tiny --img-size 224 --batch 16 --repeats 7": (

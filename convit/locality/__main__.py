@@ -80,7 +80,8 @@ def load_model(name: str | None = None, checkpoint: str | None = None, pretraine
     A model whose attention the measures cannot read is a LocalityError naming its class.
     """
     if checkpoint is not None and (not name or name in VARIANTS):
-        model = model_from_checkpoint(checkpoint, name)[0]
+        model, ckpt = model_from_checkpoint(checkpoint, name)
+        model.class_names = ckpt.get("class_names")  # ours store them; timm's and the authors' files do not
     elif not name:
         raise LocalityError("no model name: pass --model (or a --checkpoint written by train.py)")
     elif name in VARIANTS:
@@ -129,6 +130,10 @@ def _folder_batch(model: nn.Module, path: str, num_images: int) -> tuple[torch.T
         dataset = ImageFolder(path, transform=create_transform(**config))
     except (FileNotFoundError, OSError) as error:
         raise LocalityError(f"{path} is not an image folder (class sub-folders of images): {error}") from None
+    if {"train", "val"} <= set(dataset.classes):
+        raise LocalityError(
+            f"'{path}' holds train/ and val/ folders, not class folders: pass {os.path.join(path, 'val')}"
+        )
     count = min(num_images, len(dataset))
     indices = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
     samples = []
@@ -228,17 +233,29 @@ class _Written:
 
 def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, written: _Written) -> dict:
     """Measure one model, write its tables and figures in ``out``; returns its report."""
-    os.makedirs(out, exist_ok=True)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     if args.data_path:
         images, labels = _folder_batch(model, args.data_path, args.num_images)
     else:
         images, labels = _digits_batch(model, args.num_images)
+    stored = getattr(model, "class_names", None)
+    if args.ablate and stored is not None:
+        from torchvision.datasets.folder import find_classes
+
+        from ..training.checkpoint import class_difference
+        from ..training.data import DIGITS_CLASSES
+
+        data_classes = find_classes(args.data_path)[0] if args.data_path else DIGITS_CLASSES
+        if list(stored) != list(data_classes):
+            raise LocalityError(
+                f"--ablate needs the labels the model was trained on: {class_difference(stored, data_classes)}"
+            )
     # checked before the long part; the grid is the one the model's patch embedding will make
     grid_size = patch_grid(model, images.shape)
     queries = [_parse_query(text, grid_size) for text in (args.query or [None])]
     chosen = _parse_images(args.images, images.shape[0])
+    os.makedirs(out, exist_ok=True)  # every input checked: from here on the run writes
     captured = capture(model, images, args.batch_size, progress=True)
     report = build_report(model, captured, images.shape[0])
     report.update(
@@ -389,7 +406,6 @@ def _write_markdown(path: str, argv: Sequence[str], reports: Sequence[dict], not
 
 def run(args: argparse.Namespace) -> dict:
     """Everything the command does; returns the report of a single model, or ``{"models": [...]}`` for several."""
-    os.makedirs(args.out, exist_ok=True)
     if args.log:
         return {"plots": plot_log(args.log, args.out)}
     pairs = _pairs(args)
@@ -486,6 +502,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise LocalityError("pass --model NAME (or --checkpoint, or --log)")
     if args.num_images < 1:
         raise LocalityError("--num-images must be at least 1")
+    if args.batch_size < 1:
+        raise LocalityError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise LocalityError(f"--out '{args.out}' is a file; name a folder")
     start = time.perf_counter()
     result = run(args)
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f}s")
