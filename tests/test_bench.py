@@ -48,3 +48,34 @@ def test_benchmark_rejects_an_image_size_off_the_patch_grid():
         timeout=120,
     )
     assert done.returncode == 2 and "not a multiple of the patch size 16" in done.stderr
+
+
+def test_benchmark_names_its_flags():
+    """--compile, --runs, --threads and --no-timm exist (compiling is too slow for a CPU test)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_models.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for flag in ("--compile", "--runs", "--threads", "--no-timm", "--no-memory", "--json"):
+        assert flag in done.stdout, flag
+
+
+def test_benchmark_measures_this_checkout(tmp_path):
+    """The script imports the convit beside it, not another pip-installed checkout."""
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import runpy; "
+            f"g = runpy.run_path({str(ROOT / 'benchmarks' / 'bench_models.py')!r}); "
+            "print(g['convit'].__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert check.stdout.strip() == str(ROOT / "convit" / "__init__.py"), check.stdout + check.stderr
