@@ -235,7 +235,7 @@ def _mix(
     B, rows, cols, H, d = v.shape
     pos = _apply_rows(_apply_cols(_v_grid(v), p_cols), p_rows).permute(0, 2, 4, 1, 3)
     content = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
-    if _is_exporting():  # functional form for the exporters
+    if _is_exporting() or torch.compiler.is_compiling():  # functional form for the exporters and inductor
         return torch.addcmul(pos, content, keep.view(1, 1, 1, H, 1)).contiguous()
     # written straight into token-major order (addcmul alone would follow pos's layout, then need a copy)
     out = torch.empty((B, rows, cols, H, d), dtype=pos.dtype, device=pos.device)

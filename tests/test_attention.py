@@ -207,3 +207,17 @@ def test_fast_path_equals_reference_path_under_autocast(grid):
             continue
         scale = g_r[name].float().abs().max().clamp_min(1e-3)
         assert (g_f[name].float() - g_r[name].float()).abs().max() / scale < 5e-2, name
+
+
+def test_compiled_fast_path_equals_eager_in_inference_and_training():
+    layer = perturbed_gpsa(32, 4)
+    compiled = torch.compile(layer)
+    x = torch.randn(2, 15, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x, (3, 5)), layer(x, (3, 5)), rtol=1e-5, atol=1e-5)
+    out_c, gx_c, g_c = forward_and_grads(compiled, x, (3, 5))
+    out_e, gx_e, g_e = forward_and_grads(layer, x, (3, 5))
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_c, gx_e, rtol=1e-5, atol=1e-5)
+    for name in g_e:
+        torch.testing.assert_close(g_c[f"_orig_mod.{name}"], g_e[name], rtol=1e-4, atol=1e-5, msg=name)
