@@ -226,11 +226,15 @@ def _mix(
 ) -> torch.Tensor:
     """``keep_h * content_h + (p_rows_h (x) p_cols_h) v_h``, returned as B x rows x cols x H x d (contiguous).
 
-    Why this form is the fastest found on CPU: with V copied once into B x H x rows x d x cols, the column
-    factor is a right-multiplication of a (rows*d x cols) matrix and the row factor a left-multiplication
-    of a (rows x d*cols) one, so each factor is a single batched GEMM over B*H matrices, with no copy in
-    between (einsum on timm's B x N x H x d layout permuted V before and after each factor, three copies).
-    The one pass that mixes in the content term also writes the result back to token-major order.
+    Why this form: with V copied once into B x H x rows x d x cols, the column factor is a right-multiplication
+    of a (rows*d x cols) matrix and the row factor a left-multiplication of a (rows x d*cols) one, so each
+    factor is one batched GEMM over B*H matrices with no copy in between, and the one pass that mixes in
+    the content term also writes the result back in token-major order. ``_mix_einsum`` on timm's
+    B x N x H x d layout instead makes fewer, larger GEMMs (batched over H only) but permutes V before and
+    after each factor. Measured per layer (benchmarks/bench_gpsa_layout.py), loaded 2-core CPU, 1 thread
+    (einsum time / this time, forward; forward+backward): ConViT-Ti 224 0.92; 1.01, ConViT-S 224 1.03; 0.94, ConViT-Ti 384 1.02; 0.97, i.e.
+    the same speed within noise; this form is kept because its backward needs only V (see _PositionalMix),
+    which the einsum form's permuted copies do not allow without recomputing them.
     """
     B, rows, cols, H, d = v.shape
     pos = _apply_rows(_apply_cols(_v_grid(v), p_cols), p_rows).permute(0, 2, 4, 1, 3)
