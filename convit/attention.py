@@ -184,14 +184,17 @@ class GPSA(nn.Module):
         v = v.view(B, rows, cols, H, d)
         if torch.jit.is_scripting():
             return _mix_einsum(v, content, p_rows, p_cols, keep).reshape(B, N, C)
-        if torch.is_grad_enabled() and not _is_exporting():
+        if _is_exporting():  # graphs others run (with or without autograd): plain functional ops
+            return _mix(v, content, p_rows, p_cols, keep, write_out=False).reshape(B, N, C)
+        if torch.is_grad_enabled():
             return _PositionalMix.apply(v, content, p_rows, p_cols, keep).reshape(B, N, C)
         return _mix(v, content, p_rows, p_cols, keep).reshape(B, N, C)
 
 
 def _is_exporting() -> bool:
-    """True while torch.export / the ONNX exporters trace: they get the plain ops, not the autograd.Function."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+    """True while torch.export, the ONNX exporters or an FX tracer (torchvision's feature extractor) trace:
+    they get plain functional ops, not the autograd.Function nor an ``out=`` argument."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.fx._symbolic_trace.is_fx_tracing()
 
 
 def _mix_einsum(
@@ -222,7 +225,12 @@ def _apply_rows(t: torch.Tensor, p_rows: torch.Tensor) -> torch.Tensor:
 
 
 def _mix(
-    v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, keep: torch.Tensor
+    v: torch.Tensor,
+    content: torch.Tensor,
+    p_rows: torch.Tensor,
+    p_cols: torch.Tensor,
+    keep: torch.Tensor,
+    write_out: bool = True,
 ) -> torch.Tensor:
     """``keep_h * content_h + (p_rows_h (x) p_cols_h) v_h``, returned as B x rows x cols x H x d (contiguous).
 
@@ -239,7 +247,7 @@ def _mix(
     B, rows, cols, H, d = v.shape
     pos = _apply_rows(_apply_cols(_v_grid(v), p_cols), p_rows).permute(0, 2, 4, 1, 3)
     content = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
-    if _is_exporting() or torch.compiler.is_compiling():  # functional form for the exporters and inductor
+    if not write_out or torch.compiler.is_compiling():  # functional form for exporters, tracers and inductor
         return torch.addcmul(pos, content, keep.view(1, 1, 1, H, 1)).contiguous()
     # written straight into token-major order (addcmul alone would follow pos's layout, then need a copy)
     out = torch.empty((B, rows, cols, H, d), dtype=pos.dtype, device=pos.device)
