@@ -3,6 +3,9 @@
 All three run interleaved in one process, and each figure is the median over repeats:
 inference images/s, training-step images/s (forward, backward, AdamW step) and the peak memory of a
 training step. CPU fp32 by default; on CUDA, bf16 autocast and ``torch.cuda.max_memory_allocated``.
+``--runs 3`` repeats the timing three times in the process and reports each speed ratio as the median
+and the spread (min-max) over the runs; ``--compile`` times ``torch.compile``d models; ``--no-timm``
+leaves timm's ConVit out (slow at 384 on a CPU); ``--threads`` sets ``torch.set_num_threads``.
 
     python benchmarks/bench_models.py --model convit_tiny --batch 16 --img-size 224 --json out/bench.json
 """
@@ -23,11 +26,16 @@ import torch.nn.functional as F
 from timm.models.convit import ConVit as TimmConVit
 from timm.models.vision_transformer import VisionTransformer
 
-import convit  # noqa: F401  (registers our models)
+# this checkout's convit, even when another checkout is pip-installed (editable installs point elsewhere)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import convit  # noqa: E402  (registers our models)
 
 
-def build_models(name: str, img_size: int, device: torch.device) -> dict[str, torch.nn.Module]:
-    """Ours, timm's ConVit with our weights, and a ViT of the same width and depth (qkv_bias off)."""
+def build_models(
+    name: str, img_size: int, device: torch.device, timm_convit: bool = True
+) -> dict[str, torch.nn.Module]:
+    """Ours, timm's ConVit with our weights (unless ``timm_convit`` is off), and a ViT of the same width and
+    depth (qkv_bias off)."""
     ours = timm.create_model(name, img_size=img_size)
     heads = ours.num_heads
     reference = TimmConVit(
@@ -46,7 +54,10 @@ def build_models(name: str, img_size: int, device: torch.device) -> dict[str, to
         num_heads=heads,
         qkv_bias=False,
     )
-    return {"ours": ours.to(device), "timm_convit": reference.to(device), "vit": vit.to(device)}
+    models = {"ours": ours.to(device), "timm_convit": reference.to(device), "vit": vit.to(device)}
+    if not timm_convit:
+        del models["timm_convit"]
+    return models
 
 
 def _sync(device: torch.device) -> None:
@@ -90,7 +101,9 @@ def _high_water_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def peak_train_memory(name: str, model_key: str, batch: int, img_size: int, device: torch.device) -> int:
+def peak_train_memory(
+    name: str, model_key: str, batch: int, img_size: int, device: torch.device, compile: bool = False
+) -> int:
     """Peak bytes of one training step: model, optimizer state, gradients, activations and temporaries.
 
     On CUDA, ``max_memory_allocated``. On CPU, in a fresh process (a fork would inherit, and can hang
@@ -99,6 +112,8 @@ def peak_train_memory(name: str, model_key: str, batch: int, img_size: int, devi
     """
     if device.type == "cuda":
         model = build_models(name, img_size, device)[model_key]
+        if compile:
+            model = torch.compile(model)
         _, train = make_steps(model, batch, img_size, device)
         train()
         torch.cuda.synchronize(device)
@@ -117,7 +132,10 @@ def peak_train_memory(name: str, model_key: str, batch: int, img_size: int, devi
             str(img_size),
             "--memory-child",
             model_key,
-        ],
+            "--threads",
+            str(torch.get_num_threads()),
+        ]
+        + (["--compile"] if compile else []),
         capture_output=True,
         text=True,
         check=True,
@@ -125,9 +143,11 @@ def peak_train_memory(name: str, model_key: str, batch: int, img_size: int, devi
     return int(done.stdout.strip().splitlines()[-1])
 
 
-def _memory_child(name: str, model_key: str, batch: int, img_size: int) -> int:
+def _memory_child(name: str, model_key: str, batch: int, img_size: int, compile: bool = False) -> int:
     base = _rss_bytes()
     model = build_models(name, img_size, torch.device("cpu"))[model_key]
+    if compile:
+        model = torch.compile(model)
     _, train = make_steps(model, batch, img_size, torch.device("cpu"))
     train()
     with open("/proc/self/clear_refs", "w") as f:
@@ -169,24 +189,54 @@ def time_interleaved(steps: dict[str, Callable], repeats: int, device: torch.dev
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def run(name: str, batch: int, img_size: int, repeats: int, warmup: int, device: torch.device, memory: bool) -> dict:
-    """Measure the three models; returns a JSON-ready dict of figures and ratios."""
+def run(
+    name: str,
+    batch: int,
+    img_size: int,
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    memory: bool,
+    runs: int = 1,
+    compile: bool = False,
+    timm_convit: bool = True,
+) -> dict:
+    """Measure the models; returns a JSON-ready dict of figures and ratios.
+
+    The figures are those of the last of ``runs`` timing runs; ``spread`` holds each speed ratio of every run.
+    """
     torch.manual_seed(0)
-    models = build_models(name, img_size, device)
+    models = build_models(name, img_size, device, timm_convit)
+    timed = {key: torch.compile(model) for key, model in models.items()} if compile else models
     infer, train = {}, {}
-    for key, model in models.items():
+    for key, model in timed.items():
         infer[key], train[key] = make_steps(model, batch, img_size, device)
-    for _ in range(warmup):
+    for _ in range(max(warmup, 2 if compile else 0)):  # compiling happens here (inference and training graphs)
         for key in models:
             infer[key]()
             train[key]()
-    infer_s = time_interleaved(infer, repeats, device)
-    train_s = time_interleaved(train, repeats, device)
+    per_run = []
+    for _ in range(runs):
+        infer_s = time_interleaved(infer, repeats, device)
+        train_s = time_interleaved(train, repeats, device)
+        per_run.append((infer_s, train_s))
+    pairs = [
+        (a, b) for a, b in (("ours", "vit"), ("ours", "timm_convit"), ("timm_convit", "vit")) if {a, b} <= set(models)
+    ]
+    spread = {
+        figure: {
+            f"{a}/{b}": [s[b] / s[a] for s in (r[index] for r in per_run)]  # speed ratio = inverse time ratio
+            for a, b in pairs
+        }
+        for index, figure in enumerate(("inference_images_per_s", "train_images_per_s"))
+    }
     result = {
         "model": name,
         "batch": batch,
         "img_size": img_size,
         "repeats": repeats,
+        "runs": runs,
+        "compile": compile,
         "device": str(device),
         "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
         "threads": torch.get_num_threads(),
@@ -194,35 +244,37 @@ def run(name: str, batch: int, img_size: int, repeats: int, warmup: int, device:
         "timm": timm.__version__,
         "inference_images_per_s": {k: batch / v for k, v in infer_s.items()},
         "train_images_per_s": {k: batch / v for k, v in train_s.items()},
+        "spread": spread,
     }
     result["saved_activations_mib"] = {
         k: saved_activation_bytes(m, batch, img_size, device) / 2**20 for k, m in models.items()
-    }
+    }  # eager modules: what autograd keeps without a compiler
     if memory:
         result["train_peak_memory_mib"] = {
-            k: peak_train_memory(name, k, batch, img_size, device) / 2**20 for k in models
+            k: peak_train_memory(name, k, batch, img_size, device, compile) / 2**20 for k in models
         }
     ratios = {}
     for figure in ("inference_images_per_s", "train_images_per_s", "train_peak_memory_mib", "saved_activations_mib"):
         if figure in result:
             values = result[figure]
-            ratios[figure] = {
-                "ours/vit": values["ours"] / values["vit"],
-                "ours/timm_convit": values["ours"] / values["timm_convit"],
-                "timm_convit/vit": values["timm_convit"] / values["vit"],
-            }
+            ratios[figure] = {f"{a}/{b}": values[a] / values[b] for a, b in pairs}
     result["ratios"] = ratios
     return result
 
 
 def format_table(result: dict) -> str:
-    """Markdown table of the figures and their ratios."""
+    """Markdown table of the figures and their ratios (speed ratios: median [min-max] over the runs)."""
+    keys = [k for k in ("ours", "timm_convit", "vit") if k in result["inference_images_per_s"]]
+    names = {"ours": "ours", "timm_convit": "timm ConVit", "vit": "same-width ViT"}
+    pairs = list(result["ratios"]["inference_images_per_s"])
+    pair_names = {"ours/vit": "ours/ViT", "ours/timm_convit": "ours/timm", "timm_convit/vit": "timm/ViT"}
     lines = [
         f"{result['model']}, batch {result['batch']}, {result['img_size']}px, {result['device']} "
-        f"{result['dtype']}, {result['threads']} threads, median of {result['repeats']}",
+        f"{result['dtype']}, {result['threads']} threads, {'torch.compile, ' if result.get('compile') else ''}"
+        f"median of {result['repeats']}, {result.get('runs', 1)} run(s)",
         "",
-        "| figure | ours | timm ConVit | same-width ViT | ours/ViT | ours/timm | timm/ViT |",
-        "|---|---|---|---|---|---|---|",
+        "| figure | " + " | ".join(names[k] for k in keys) + " | " + " | ".join(pair_names[p] for p in pairs) + " |",
+        "|---" * (1 + len(keys) + len(pairs)) + "|",
     ]
     for figure, label in (
         ("inference_images_per_s", "inference img/s"),
@@ -233,10 +285,14 @@ def format_table(result: dict) -> str:
         if figure not in result:
             continue
         v, r = result[figure], result["ratios"][figure]
-        lines.append(
-            f"| {label} | {v['ours']:.1f} | {v['timm_convit']:.1f} | {v['vit']:.1f} | "
-            f"{r['ours/vit']:.2f} | {r['ours/timm_convit']:.2f} | {r['timm_convit/vit']:.2f} |"
-        )
+        cells = [f"{v[k]:.1f}" for k in keys]
+        for pair in pairs:
+            runs = result.get("spread", {}).get(figure, {}).get(pair)
+            if runs and len(runs) > 1:
+                cells.append(f"{statistics.median(runs):.2f} [{min(runs):.2f}-{max(runs):.2f}]")
+            else:
+                cells.append(f"{r[pair]:.2f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -248,12 +304,18 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--runs", type=int, default=1, help="timing runs in this process; ratios get a spread")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile'd models")
+    parser.add_argument("--no-timm", action="store_true", help="leave timm's ConVit out (it is slow at 384)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--json", default=None, help="write the figures to this JSON file")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
-        print(_memory_child(args.model, args.memory_child, args.batch, args.img_size))
+        print(_memory_child(args.model, args.memory_child, args.batch, args.img_size, args.compile))
         return
     if args.img_size % 16:
         parser.error(f"--img-size {args.img_size} is not a multiple of the patch size 16")
@@ -265,6 +327,9 @@ def main(argv=None) -> None:
         args.warmup,
         torch.device(args.device),
         memory=not args.no_memory,
+        runs=args.runs,
+        compile=args.compile,
+        timm_convit=not args.no_timm,
     )
     print(format_table(result))
     if args.json:

@@ -179,12 +179,120 @@ class GPSA(nn.Module):
 
         gate = self.gate()
         p_rows, p_cols = self._separable_positional(grid_size)
-        p_cols = (p_cols * gate.view(H, 1, 1)).to(v.dtype)  # folds the gate into the positional term
-        # (gate_h * positional_h) @ v_h, positional_h = p_rows_h (x) p_cols_h, on v's (rows, cols) grid
-        pos = torch.einsum("hcj,brjhd->brchd", p_cols, v.reshape(B, rows, cols, H, d))
-        pos = torch.einsum("hri,bichd->brchd", p_rows.to(v.dtype), pos).reshape(B, N, H, d)
-        out = torch.addcmul(pos, content.transpose(1, 2), (1.0 - gate).to(v.dtype).view(1, 1, H, 1))
-        return out.reshape(B, N, C)
+        p_cols = p_cols * gate.view(H, 1, 1)  # folds the gate into the positional term
+        p_rows, p_cols, keep = p_rows.to(v.dtype), p_cols.to(v.dtype), (1.0 - gate).to(v.dtype)
+        v = v.view(B, rows, cols, H, d)
+        if torch.jit.is_scripting():
+            return _mix_einsum(v, content, p_rows, p_cols, keep).reshape(B, N, C)
+        if _is_exporting():  # graphs others run (with or without autograd): plain functional ops
+            return _mix(v, content, p_rows, p_cols, keep, write_out=False).reshape(B, N, C)
+        if torch.is_grad_enabled():
+            return _PositionalMix.apply(v, content, p_rows, p_cols, keep).reshape(B, N, C)
+        return _mix(v, content, p_rows, p_cols, keep).reshape(B, N, C)
+
+
+def _is_exporting() -> bool:
+    """True while torch.export, the ONNX exporters or an FX tracer (torchvision's feature extractor) trace:
+    they get plain functional ops, not the autograd.Function nor an ``out=`` argument."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.fx._symbolic_trace.is_fx_tracing()
+
+
+def _mix_einsum(
+    v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """The positional mix as two einsums (TorchScript's path): same result as ``_mix``."""
+    B, rows, cols, H, d = v.shape
+    pos = torch.einsum("hcj,brjhd->brchd", p_cols, v)
+    pos = torch.einsum("hri,bichd->brchd", p_rows, pos)
+    return torch.addcmul(pos, content.transpose(1, 2).reshape(B, rows, cols, H, d), keep.view(1, 1, 1, H, 1))
+
+
+def _v_grid(v: torch.Tensor) -> torch.Tensor:
+    """V (B x rows x cols x H x d, any strides) copied to B x H x rows x d x cols: the layout both factors act on."""
+    return v.permute(0, 3, 1, 4, 2).contiguous()
+
+
+def _apply_cols(v_grid: torch.Tensor, p_cols: torch.Tensor) -> torch.Tensor:
+    """Column factor: every (image, head) is one (rows*d x cols) @ (cols x cols) GEMM, no copy."""
+    B, H, rows, d, cols = v_grid.shape
+    return torch.matmul(v_grid.view(B, H, rows * d, cols), p_cols.transpose(1, 2)).view(B, H, rows, d, cols)
+
+
+def _apply_rows(t: torch.Tensor, p_rows: torch.Tensor) -> torch.Tensor:
+    """Row factor: every (image, head) is one (rows x rows) @ (rows x d*cols) GEMM, no copy."""
+    B, H, rows, d, cols = t.shape
+    return torch.matmul(p_rows, t.view(B, H, rows, d * cols)).view(B, H, rows, d, cols)
+
+
+def _mix(
+    v: torch.Tensor,
+    content: torch.Tensor,
+    p_rows: torch.Tensor,
+    p_cols: torch.Tensor,
+    keep: torch.Tensor,
+    write_out: bool = True,
+) -> torch.Tensor:
+    """``keep_h * content_h + (p_rows_h (x) p_cols_h) v_h``, returned as B x rows x cols x H x d (contiguous).
+
+    Why this form: with V copied once into B x H x rows x d x cols, the column factor is a right-multiplication
+    of a (rows*d x cols) matrix and the row factor a left-multiplication of a (rows x d*cols) one, so each
+    factor is one batched GEMM over B*H matrices with no copy in between, and the one pass that mixes in
+    the content term also writes the result back in token-major order. ``_mix_einsum`` on timm's
+    B x N x H x d layout instead makes fewer, larger GEMMs (batched over H only) but permutes V before and
+    after each factor. Measured per layer (benchmarks/bench_gpsa_layout.py), loaded 2-core CPU, 1 thread
+    (einsum time / this time, forward; forward+backward): ConViT-Ti 224 0.92; 1.01, ConViT-S 224 1.03; 0.94, ConViT-Ti 384 1.02; 0.97, i.e.
+    the same speed within noise; this form is kept because its backward needs only V (see _PositionalMix),
+    which the einsum form's permuted copies do not allow without recomputing them.
+    """
+    B, rows, cols, H, d = v.shape
+    pos = _apply_rows(_apply_cols(_v_grid(v), p_cols), p_rows).permute(0, 2, 4, 1, 3)
+    content = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
+    if not write_out or torch.compiler.is_compiling():  # functional form for exporters, tracers and inductor
+        return torch.addcmul(pos, content, keep.view(1, 1, 1, H, 1)).contiguous()
+    # written straight into token-major order (addcmul alone would follow pos's layout, then need a copy)
+    out = torch.empty((B, rows, cols, H, d), dtype=pos.dtype, device=pos.device)
+    return torch.addcmul(pos, content, keep.view(1, 1, 1, H, 1), out=out)
+
+
+class _PositionalMix(torch.autograd.Function):
+    """``_mix`` with a backward that saves only V and the content output (both already kept by SDPA's own
+    backward, so no new activation) and the small factors; the intermediate V p_cols^T is recomputed."""
+
+    @staticmethod
+    def forward(ctx, v, content, p_rows, p_cols, keep):
+        ctx.save_for_backward(v, content, p_rows, p_cols, keep)
+        return _mix(v, content, p_rows, p_cols, keep)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        v, content, p_rows, p_cols, keep = ctx.saved_tensors
+        B, rows, cols, H, d = v.shape
+        grad_v = grad_content = grad_rows = grad_cols = grad_keep = None
+        if ctx.needs_input_grad[1]:  # B x H x N x d, as the SDPA output it came from
+            grad_content = (grad_out * keep.view(1, 1, 1, H, 1)).permute(0, 3, 1, 2, 4).reshape(B, H, rows * cols, d)
+        if ctx.needs_input_grad[4]:
+            token_major = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
+            grad_keep = (grad_out * token_major).sum(dim=(0, 1, 2, 4))
+        if any(ctx.needs_input_grad[i] for i in (0, 2, 3)):
+            grad_pos = _v_grid(grad_out)  # B x H x rows x d x cols
+            grad_t = _apply_rows(grad_pos, p_rows.transpose(1, 2))  # through pos = p_rows @ t
+            v_grid = _v_grid(v)
+            if ctx.needs_input_grad[2]:
+                t = _apply_cols(v_grid, p_cols)
+                flat = (B, H, rows, d * cols)
+                grad_rows = torch.matmul(grad_pos.view(flat), t.view(flat).transpose(-1, -2)).sum(
+                    0, dtype=torch.float32
+                )
+                grad_rows = grad_rows.to(p_rows.dtype)
+            if ctx.needs_input_grad[3]:  # through t = v_grid @ p_cols^T
+                flat = (B, H, rows * d, cols)
+                grad_cols = torch.matmul(grad_t.view(flat).transpose(-1, -2), v_grid.view(flat)).sum(
+                    0, dtype=torch.float32
+                )
+                grad_cols = grad_cols.to(p_cols.dtype)
+            if ctx.needs_input_grad[0]:
+                grad_v = _apply_cols(grad_t, p_cols.transpose(1, 2)).permute(0, 2, 4, 1, 3)
+        return grad_v, grad_content, grad_rows, grad_cols, grad_keep
 
 
 @register_notrace_module

@@ -64,12 +64,20 @@ def resample_pos_embed(
     Written here rather than taken from timm's ``resample_abs_pos_embed`` because that one is not
     TorchScript-compatible and always resamples when exporting.
     """
-    if grid_size[0] == trained_grid[0] and grid_size[1] == trained_grid[1]:
-        return pos_embed
+    if torch.jit.is_scripting():
+        if grid_size[0] == trained_grid[0] and grid_size[1] == trained_grid[1]:
+            return pos_embed
+    elif not _is_tracing() and grid_size[0] == trained_grid[0] and grid_size[1] == trained_grid[1]:
+        return pos_embed  # exporters see symbolic sizes: they always resample, the identity at the same size
     width = pos_embed.shape[-1]
     grid = pos_embed.reshape(1, trained_grid[0], trained_grid[1], width).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=grid_size, mode="bicubic", align_corners=False, antialias=True)
     return grid.permute(0, 2, 3, 1).reshape(1, grid_size[0] * grid_size[1], width).to(pos_embed.dtype)
+
+
+def _is_tracing() -> bool:
+    """True under torch.export, the ONNX exporters and torch.jit.trace, where a size test would pin the size."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
 # Leaf calls for every torch.fx tracer (torchvision's create_feature_extractor too, not only timm's).

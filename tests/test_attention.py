@@ -145,3 +145,79 @@ def test_mhsa_fused_equals_math():
     probs = fused.attention_probs(x, (4, 4))
     assert probs.shape == (2, 6, 17, 17)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 6, 17))
+
+
+def test_positional_mix_gradcheck_float64():
+    """The custom autograd function of the fast path: analytical gradients equal numerical ones."""
+    from convit.attention import _PositionalMix
+
+    B, rows, cols, H, d = 2, 3, 4, 2, 3
+    v = torch.randn(B, rows, cols, H, 3 * d, dtype=torch.float64)[..., d : 2 * d]  # strided, as a view of qkv
+    content = torch.randn(B, H, rows * cols, d, dtype=torch.float64)
+    p_rows = torch.rand(H, rows, rows, dtype=torch.float64).softmax(-1)
+    p_cols = torch.rand(H, cols, cols, dtype=torch.float64).softmax(-1)
+    keep = torch.rand(H, dtype=torch.float64)
+    inputs = [t.requires_grad_(True) for t in (v, content, p_rows, p_cols, keep)]
+    assert torch.autograd.gradcheck(_PositionalMix.apply, inputs)
+
+
+def test_positional_mix_equals_the_einsum_form():
+    from convit.attention import _mix, _mix_einsum
+
+    B, rows, cols, H, d = 2, 3, 5, 3, 4
+    v = torch.randn(B, rows, cols, H, d)
+    content = torch.randn(B, H, rows * cols, d)
+    p_rows, p_cols = torch.rand(H, rows, rows), torch.rand(H, cols, cols)
+    keep = torch.rand(H)
+    torch.testing.assert_close(_mix(v, content, p_rows, p_cols, keep), _mix_einsum(v, content, p_rows, p_cols, keep))
+
+
+def test_fast_path_saves_no_more_than_sdpa_and_the_projections():
+    """Training forward of the fast path: the positional term adds no tensor of the size of V to what autograd keeps."""
+    layer = perturbed_gpsa(32, 4)
+    x = torch.randn(8, 36, 32, requires_grad=True)  # larger than the weights
+    sizes = {}
+
+    def pack(tensor):
+        sizes[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        layer(x, (6, 6))
+    token_tensor = x.numel() * x.element_size()
+    # x, the qkv output (3x), SDPA's output (1x) and its logsumexp, the projection's input (1x), weights
+    big = sorted(n for n in sizes.values() if n >= token_tensor)
+    assert big == sorted([token_tensor, 3 * token_tensor, token_tensor, token_tensor]), big
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (3, 5)])
+def test_fast_path_equals_reference_path_under_autocast(grid):
+    fast = perturbed_gpsa(32, 4)
+    ref = GPSA(32, 4, fused_attn=False)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, grid[0] * grid[1], 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_f, gx_f, g_f = forward_and_grads(fast, x, grid)
+        out_r, gx_r, g_r = forward_and_grads(ref, x, grid)
+    torch.testing.assert_close(out_f.float(), out_r.float(), rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(gx_f.float(), gx_r.float(), rtol=5e-2, atol=5e-2)
+    for name in g_r:
+        if name == "pos_proj.bias":  # exactly zero (the bias cancels in the softmax): both give rounding noise
+            assert g_f[name].abs().max() < 1e-2 and g_r[name].abs().max() < 1e-2
+            continue
+        scale = g_r[name].float().abs().max().clamp_min(1e-3)
+        assert (g_f[name].float() - g_r[name].float()).abs().max() / scale < 5e-2, name
+
+
+def test_compiled_fast_path_equals_eager_in_inference_and_training():
+    layer = perturbed_gpsa(32, 4)
+    compiled = torch.compile(layer)
+    x = torch.randn(2, 15, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(compiled(x, (3, 5)), layer(x, (3, 5)), rtol=1e-5, atol=1e-5)
+    out_c, gx_c, g_c = forward_and_grads(compiled, x, (3, 5))
+    out_e, gx_e, g_e = forward_and_grads(layer, x, (3, 5))
+    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_c, gx_e, rtol=1e-5, atol=1e-5)
+    for name in g_e:
+        torch.testing.assert_close(g_c[f"_orig_mod.{name}"], g_e[name], rtol=1e-4, atol=1e-5, msg=name)

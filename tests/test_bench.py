@@ -1,6 +1,7 @@
 """The benchmark script runs end to end on a tiny configuration (it measures, it asserts no speed)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,57 @@ def test_benchmark_rejects_an_image_size_off_the_patch_grid():
         timeout=120,
     )
     assert done.returncode == 2 and "not a multiple of the patch size 16" in done.stderr
+
+
+def test_benchmark_names_its_flags():
+    """--compile, --runs, --threads and --no-timm exist (compiling is too slow for a CPU test)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_models.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for flag in ("--compile", "--runs", "--threads", "--no-timm", "--no-memory", "--json"):
+        assert flag in done.stdout, flag
+
+
+def test_benchmark_measures_this_checkout(tmp_path):
+    """The script imports the convit beside it, not another pip-installed checkout."""
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import runpy; "
+            f"g = runpy.run_path({str(ROOT / 'benchmarks' / 'bench_models.py')!r}); "
+            "print(g['convit'].__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert check.stdout.strip() == str(ROOT / "convit" / "__init__.py"), check.stdout + check.stderr
+
+
+def test_gpu_check_script_parses_and_uses_flags_that_exist():
+    """benchmarks/gpu_check.sh (not run here: it needs a GPU) is valid bash and names only existing flags."""
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = script.read_text()
+    bench_part, train_part = text.split("# 50 training steps")
+    bench_flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", bench_part))
+    assert {"--compile", "--device", "--batch", "--img-size", "--model"} <= bench_flags
+    help_text = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_models.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    bench_flags -= {"--query-gpu", "--format"}  # nvidia-smi's
+    assert all(flag in help_text for flag in bench_flags), bench_flags
+    train_lines = [line for line in train_part.splitlines() if "train.py" in line or line.startswith("    --")]
+    train_flags = set(re.findall(r"(?<![\w-])--[a-z][a-z_-]*", "\n".join(train_lines)))
+    allowed = {"--nproc_per_node", "--data-path", "--model", "--epochs", "--batch-size", "--output-dir"}
+    assert train_flags and train_flags <= allowed, train_flags

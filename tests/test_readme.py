@@ -178,10 +178,12 @@ COVERED = {
     ),
     "python experiments/data_efficiency.py --fractions 0.05,0.1,0.3,0.5,1.0 --seeds 0,1,2 --steps 800 "
     "--out experiments/results": (ELSEWHERE, "tests/test_data_efficiency.py::test_tiny_run_writes_every_output"),
-    "OMP_NUM_THREADS=1 python benchmarks/bench_models.py --model convit_tiny --img-size 224 --batch 16 --repeats 7": (
-        ELSEWHERE,
-        "tests/test_bench.py",
-    ),
+    "python benchmarks/bench_models.py --model convit_tiny --img-size 224 --batch 16 --repeats 7 --runs 3 --no-timm "
+    "--threads 2": (ELSEWHERE, "tests/test_bench.py"),
+    "python benchmarks/bench_models.py --model convit_tiny --img-size 224 --batch 16 --repeats 7 --runs 3 --no-timm "
+    "--threads 1 --no-memory": (ELSEWHERE, "tests/test_bench.py"),
+    "python benchmarks/bench_models.py --model convit_tiny --img-size 224 --batch 16 --repeats 7 --runs 3 --no-timm "
+    "--threads 1 --no-memory --compile": (ELSEWHERE, "tests/test_bench.py"),
 }
 
 
