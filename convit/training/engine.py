@@ -40,7 +40,7 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, world_size: int, accum_
 
     Frozen parameters (``requires_grad=False``) are left out. With ``cfg.layer_decay`` the groups are
     timm's ``param_groups_layer_decay`` over the model's ``group_matcher``: each carries an ``lr_scale``
-    that the scheduler applies at every step (and that is applied here, for ``sched: none``).
+    that the scheduler applies at every step (``build_scheduler`` applies it once for ``sched: none``).
     """
     from timm.optim import create_optimizer_v2
 
@@ -53,9 +53,6 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, world_size: int, accum_
         momentum=cfg.momentum,
         layer_decay=getattr(cfg, "layer_decay", None),
     )
-    for group in optimizer.param_groups:
-        if "lr_scale" in group:
-            group["lr"] = lr * group["lr_scale"]
     return optimizer
 
 
@@ -64,6 +61,8 @@ def build_scheduler(optimizer, cfg: Config, updates_per_epoch: int, epochs: int,
     from timm.scheduler import create_scheduler_v2
 
     if cfg.sched == "none":
+        for group in optimizer.param_groups:  # layer decay's scales, which a scheduler would apply
+            group["lr"] *= group.get("lr_scale", 1.0)
         return None
     scheduler, _ = create_scheduler_v2(
         optimizer,
