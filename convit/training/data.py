@@ -230,7 +230,9 @@ class INatDataset(Dataset):
             label = {a["image_id"]: a["category_id"] for a in data["annotations"]}
             files = [(os.path.join(root, im["file_name"]), label[im["id"]]) for im in data["images"]]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise DataError(f"cannot read iNaturalist annotations '{path}' ({type(e).__name__}: {e})") from None
+            raise DataError(
+                f"cannot read iNaturalist annotations '{path}' ({type(e).__name__}); expected {EXPECTED[f'inat{year}']}"
+            ) from None
         self.classes = classes if classes is not None else sorted({c for _, c in files})
         index = {c: i for i, c in enumerate(self.classes)}
         self.samples = [(p, index[c]) for p, c in files if c in index]
@@ -271,7 +273,7 @@ def transfer_datasets(cfg: Config, need_train: bool):
         val = make(False)
         train = make(True) if need_train else None
     except (RuntimeError, OSError, FileNotFoundError) as e:  # torchvision: "Dataset not found or corrupted"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(" You can use download")[0][:120]
         raise DataError(
             f"{name} not found or incomplete under '{root}' ({first}); expected {EXPECTED[name]}; nothing is downloaded"
         ) from None
