@@ -187,3 +187,26 @@ def test_layer_decay_without_a_scheduler_scales_each_group_once():
     params = dict(model.named_parameters())
     assert group_of[id(params["head.weight"])]["lr"] == pytest.approx(0.001)
     assert group_of[id(params["patch_embed.proj.weight"])]["lr"] == pytest.approx(0.001 * 0.5**7)
+
+
+def test_grad_checkpointing_trains_the_same_weights(folder, tmp_path, monkeypatch):
+    import convit.model
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    real = convit.model.checkpoint
+    monkeypatch.setattr(convit.model, "checkpoint", counted)
+    common = ["--data-path", folder, *TINY_MODEL, *NO_AUG, "--epochs", "1", "--batch-size", "8"]
+    common += ["--locality-images", "0"]
+    run_train([*common, "--output-dir", tmp_path / "plain"])
+    assert not calls
+    run_train([*common, "--grad-checkpointing", "--output-dir", tmp_path / "ckpt"])
+    assert len(calls) >= 3 * 2  # at least 3 training steps x 2 blocks (the model also checkpoints in eval)
+    plain, ckpt = (read_checkpoint(tmp_path / d / "last.pth")["model"] for d in ("plain", "ckpt"))
+    for key, value in plain.items():
+        torch.testing.assert_close(ckpt[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert read_checkpoint(tmp_path / "ckpt" / "last.pth")["config"]["grad_checkpointing"] is True
