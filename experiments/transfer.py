@@ -16,6 +16,7 @@ runs are exactly what ``python train.py ...`` would do. Validation is the fixed 
 
     OMP_NUM_THREADS=1 python experiments/transfer.py                 # 3 seeds, writes experiments/results_transfer/
     python experiments/transfer.py --tiny --out /tmp/transfer         # a smoke test of the whole pipeline
+    python experiments/transfer.py --parts distillation --reuse-teacher   # redo one part; OUT keeps the other's rows
 
 Writes OUT/results.csv (one row per run), OUT/summary.csv and OUT/summary.md (mean +- std over seeds)
 and OUT/run.log (everything the runs printed).
@@ -44,21 +45,28 @@ COMMON = ["--progress", "false", "--locality-images", "0", "--num-workers", "0",
 # the transfer model: the digits recipe at width 48, depth 4 (3 GPSA blocks), patch 4
 TRANSFER_MODEL = ["--embed-dim", "48", "--num-heads", "4", "--depth", "4", "--local-up-to-layer", "3"]
 STUDENT_MODEL = ["--embed-dim", "32", "--num-heads", "4", "--depth", "2", "--local-up-to-layer", "1"]
+PARTS = ("transfer", "distillation")
 SETTINGS = {
     # epochs of: pretraining, fine-tuning / scratch, the teacher, the students
-    "full": dict(pretrain=15, finetune=40, teacher=15, student=30),
+    "full": dict(pretrain=15, finetune=40, teacher=15, student=100),
     "tiny": dict(pretrain=1, finetune=1, teacher=1, student=1),
 }
 
 
-def run(name: str, argv: list[str], out: Path, log) -> dict:
-    """One train.py run into OUT/runs/NAME; its final epoch's log row and the update count."""
+def run(name: str, argv: list[str], out: Path, log, reuse: bool = False) -> dict:
+    """One train.py run into OUT/runs/NAME; its final epoch's log row and the update count.
+
+    With ``reuse``, a finished run already in OUT/runs/NAME is read instead of trained again.
+    """
     folder = out / "runs" / name
     argv = [*argv, *COMMON, "--output-dir", str(folder)]
     start = time.perf_counter()
-    print(f"$ python train.py {' '.join(argv)}", file=log, flush=True)
-    with contextlib.redirect_stdout(log):
-        train_main(argv)
+    if reuse and (folder / "last.pth").is_file():
+        print(f"$ (reused) python train.py {' '.join(argv)}", file=log, flush=True)
+    else:
+        print(f"$ python train.py {' '.join(argv)}", file=log, flush=True)
+        with contextlib.redirect_stdout(log):
+            train_main(argv)
     rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     import torch
 
@@ -80,19 +88,18 @@ def record(results, experiment, arm, seed, r):
     )
 
 
-def experiments(seeds: list[int], setting: dict, out: Path, log) -> list[dict]:
+def experiments(seeds: list[int], setting: dict, out: Path, log, parts=PARTS, reuse_teacher=False) -> list[dict]:
     results = []
-    # the teacher: one larger model on all the digits (seed 0), shared by every student seed
-    teacher = run(
-        "teacher",
-        ["--epochs", str(setting["teacher"]), "--seed", "0"],
-        out,
-        log,
-    )
+    if "distillation" in parts:
+        # the teacher: one larger model on all the digits (seed 0), shared by every student seed
+        teacher = run("teacher", ["--epochs", str(setting["teacher"]), "--seed", "0"], out, log, reuse_teacher)
+        record(results, "distillation", "teacher (width 96, depth 6, all images)", 0, teacher)
     teacher_path = out / "runs" / "teacher" / "best.pth"
-    record(results, "distillation", "teacher (width 96, depth 6, all images)", 0, teacher)
     for seed in seeds:
         s = ["--seed", str(seed)]
+        if "transfer" not in parts:
+            results += distillation(seed, setting, out, log, teacher_path)
+            continue
         pre = run(
             f"pretrain_s{seed}",
             [*TRANSFER_MODEL, *s, "--digits-classes", "0,1,2,3,4", "--img-size", "16"]
@@ -110,17 +117,25 @@ def experiments(seeds: list[int], setting: dict, out: Path, log) -> list[dict]:
         record(results, "transfer", "from scratch", seed, scratch)
         assert ft["updates"] == scratch["updates"]
 
-        student = [*STUDENT_MODEL, *s, "--sampling-ratio", "0.1", "--batch-size", "16"]
-        student += ["--epochs", str(setting["student"])]
-        for arm, extra in (
-            ("student alone", []),
-            ("student + hard distillation", ["--distillation-type", "hard"]),
-            ("student + soft distillation", ["--distillation-type", "soft"]),
-        ):
-            if extra:
-                extra = [*extra, "--teacher", str(teacher_path)]
-            r = run(f"student_{arm.split()[-2] if extra else 'alone'}_s{seed}", [*student, *extra], out, log)
-            record(results, "distillation", arm, seed, r)
+        if "distillation" in parts:
+            results += distillation(seed, setting, out, log, teacher_path)
+    return results
+
+
+def distillation(seed: int, setting: dict, out: Path, log, teacher_path: Path) -> list[dict]:
+    results = []
+    # the student's lr: 1e-3 at its batch of 16 (the digits recipe's lr at batch 64, without the linear scaling)
+    student = [*STUDENT_MODEL, "--seed", str(seed), "--sampling-ratio", "0.1", "--batch-size", "16", "--lr", "0.032"]
+    student += ["--epochs", str(setting["student"])]
+    for arm, extra in (
+        ("student alone", []),
+        ("student + hard distillation", ["--distillation-type", "hard"]),
+        ("student + soft distillation", ["--distillation-type", "soft"]),
+    ):
+        if extra:
+            extra = [*extra, "--teacher", str(teacher_path)]
+        r = run(f"student_{arm.split()[-2] if extra else 'alone'}_s{seed}", [*student, *extra], out, log)
+        record(results, "distillation", arm, seed, r)
     return results
 
 
@@ -144,10 +159,10 @@ def summarize(results: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], seconds: float, seeds: list[int]) -> str:
+def markdown(rows: list[dict], seconds: float, seeds: list[int], parts=PARTS) -> str:
     lines = [
         f"Seeds {', '.join(map(str, seeds))}; val top-1 (%) mean ± std over seeds (sample std); "
-        f"{seconds / 60:.1f} minutes in all.",
+        f"{seconds / 60:.1f} minutes for this invocation ({' and '.join(parts)}).",
         "",
         "| experiment | run | seeds | val top-1 (%) | optimizer updates |",
         "|---|---|---|---|---|",
@@ -172,16 +187,29 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results_transfer")
     parser.add_argument("--tiny", action="store_true", help="1 epoch per run: a smoke test of the pipeline")
+    parser.add_argument(
+        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="run only these; OUT keeps the others' rows"
+    )
+    parser.add_argument("--reuse-teacher", action="store_true", help="read OUT/runs/teacher instead of training it")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if set(args.parts) != set(PARTS) and (args.out / "results.csv").is_file():
+        with open(args.out / "results.csv") as f:
+            kept = [
+                {**r, "seed": int(r["seed"]), "val_acc1": float(r["val_acc1"]), "updates": int(r["updates"])}
+                for r in csv.DictReader(f)
+                if r["experiment"] not in args.parts
+            ]
     start = time.perf_counter()
-    with open(args.out / "run.log", "w") as log:
-        results = experiments(args.seeds, SETTINGS["tiny" if args.tiny else "full"], args.out, log)
+    with open(args.out / "run.log", "a" if kept else "w") as log:
+        setting = SETTINGS["tiny" if args.tiny else "full"]
+        results = kept + experiments(args.seeds, setting, args.out, log, args.parts, args.reuse_teacher)
     seconds = time.perf_counter() - start
     write_csv(args.out / "results.csv", results)
     summary = summarize(results)
     write_csv(args.out / "summary.csv", summary)
-    table = markdown(summary, seconds, args.seeds)
+    table = markdown(summary, seconds, args.seeds, args.parts)
     (args.out / "summary.md").write_text(table)
     print(table, end="")
     return summary

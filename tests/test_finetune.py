@@ -176,6 +176,10 @@ def test_accumulating_2x8_equals_one_step_of_16_through_train(tmp_path, capsys):
         torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-6, msg=key)
     assert read_log(tmp_path / "b16")[0]["lr"] == pytest.approx(read_log(tmp_path / "b8")[0]["lr"])
     assert one["format"] == FORMAT
+    # resuming with another accumulation would change the schedule last.pth was made for
+    argv = [*common, "--epochs", "2", "--batch-size", "8", "--output-dir", tmp_path / "b8", "--resume", "auto"]
+    line = fails_in_one_line(capsys, argv)
+    assert "the run was trained with accum_steps=2, the command line now says accum_steps=1" in line
 
 
 def test_layer_decay_without_a_scheduler_scales_each_group_once():

@@ -41,7 +41,7 @@ from convit.training.engine import (
 from convit.training.finetune import apply_freeze, load_source, read_source
 from convit.training.run_folder import RunLock, check_output_dir, clear_previous_run, read_log, write_summary
 from convit.variants import create_model
-from convit.weights import load_weights, read_checkpoint
+from convit.weights import CheckpointError, load_weights, read_checkpoint
 
 
 def resume_path(cfg: Config) -> Path | None:
@@ -50,6 +50,21 @@ def resume_path(cfg: Config) -> Path | None:
         last = Path(cfg.output_dir) / "last.pth"
         return last if last.is_file() else None
     return Path(cfg.resume) if cfg.resume else None
+
+
+# What a resumed run must share with last.pth beyond checkpoint.RESUME_FIXED: the optimizer's parameter
+# groups (freeze, layer_decay) and the schedule's updates per epoch (accum_steps) were made for these.
+TUNING_FIXED = ("freeze", "layer_decay", "accum_steps")
+
+
+def check_same_tuning(state: dict, cfg: Config, path) -> None:
+    before = state.get("config", {})
+    for key in TUNING_FIXED:
+        if key in before and before[key] != getattr(cfg, key):
+            raise CheckpointError(
+                f"--resume {path}: the run was trained with {key}={before[key]!r}, the command line now says "
+                f"{key}={getattr(cfg, key)!r}; drop the change, or start a new run in another --output-dir"
+            )
 
 
 def tensorboard_writer(cfg: Config, out: Path):
@@ -89,6 +104,7 @@ def main(argv=None) -> None:
     finetune_notes, finetuned_from = [], None
     if state:
         check_resumable(state, cfg, loaders.class_names, path)
+        check_same_tuning(state, cfg, path)
         load_weights(model, state["model"], f"checkpoint '{path}'")
         finetuned_from = state.get("finetuned_from")  # a resumed fine-tuning run does not reload its source
     elif cfg.finetune:
