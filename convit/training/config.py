@@ -39,8 +39,9 @@ class ConfigError(UserError, ValueError):
 @dataclass
 class Config:
     # data
-    data: str = "auto"  # "digits", "imagefolder", or "auto" (imagefolder when data_path is set)
-    data_path: str | None = None  # ImageFolder root holding train/ and val/
+    data: str = "auto"  # "digits", "imagefolder", a transfer dataset (DATASETS), or "auto" (imagefolder with data_path)
+    data_path: str | None = None  # ImageFolder root holding train/ and val/, or a transfer dataset's folder
+    digits_classes: list[int] | None = None  # digits only: keep these digits (relabelled 0..k-1 in this order)
     sampling_ratio: float = 1.0  # keep this class-balanced fraction of the training images
     hold_images_seen: bool = False  # epochs/warm-up are given for the full data: divided by sampling_ratio
     num_workers: int = 8
@@ -96,6 +97,20 @@ class Config:
     log_interval: int = 50
     tensorboard: bool = False  # also write TensorBoard scalars to OUTPUT_DIR/tensorboard
     locality_images: int = 64  # validation images whose locality goes into each epoch's log (0: off)
+    # fine-tuning and transfer (convit/training/finetune.py)
+    finetune: str | None = None  # start from these weights: a file (ours, timm's, the authors'), or "pretrained"
+    pretrained_file: str | None = None  # with --finetune pretrained: timm's published weights read from this file
+    layer_decay: float | None = None  # layer-wise lr decay (timm's param_groups_layer_decay); None: off
+    freeze: str = "none"  # none | head_only (train the head alone) | attn_only | gates | pos_proj
+    accum_steps: int = 1  # batches per optimizer update; the lr scales with the effective batch
+    compile: bool = False  # torch.compile the model for training
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    # distillation, DeiT's (Touvron et al. 2021) on the class head (convit/training/distill.py)
+    teacher: str | None = None  # a timm model name, or a checkpoint written by train.py
+    teacher_pretrained: bool = False  # create a named teacher with timm's pretrained weights
+    distillation_type: str = "none"  # none | soft | hard
+    distillation_alpha: float = 0.5  # loss = (1 - alpha) * classification + alpha * distillation
+    distillation_tau: float = 1.0  # temperature of soft distillation
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -114,8 +129,12 @@ MODEL_FLAGS = (
 )
 # Set by the training system itself (from img_size, drop, drop_path, the data), never in model_kwargs.
 _RESERVED_KWARGS = {"img_size", "num_classes", "drop_rate", "drop_path_rate", "pretrained", "norm_layer"}
+# transfer datasets read from local files (convit/training/data.py), never downloaded
+DATASETS = ("cifar10", "cifar100", "flowers102", "stanford_cars", "inat2018", "inat2019")
 CHOICES = {
-    "data": ("auto", "digits", "imagefolder"),
+    "data": ("auto", "digits", "imagefolder", *DATASETS),
+    "freeze": ("none", "head_only", "attn_only", "gates", "pos_proj"),
+    "distillation_type": ("none", "soft", "hard"),
     "amp_dtype": ("bfloat16", "float16"),
     "interpolation": ("bicubic", "bilinear", "nearest", "random"),
     "remode": ("pixel", "rand", "const"),
@@ -154,6 +173,10 @@ RANGES = {
     "stop_after": (0, math.inf, True, False),
     "log_interval": (1, math.inf, True, False),
     "locality_images": (0, math.inf, True, False),
+    "layer_decay": (0, 1, False, True),
+    "accum_steps": (1, math.inf, True, False),
+    "distillation_alpha": (0, 1, True, True),
+    "distillation_tau": (0, math.inf, False, False),
 }
 
 
@@ -205,6 +228,14 @@ def coerce(name: str, value):
             if not isinstance(value, dict):
                 raise ValueError("expected a mapping")
             return dict(value)
+        if typing.get_origin(kind) is list:
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or any(isinstance(v, bool) for v in items):
+                raise ValueError("expected a list of integers")
+            out = [float(v) for v in items]
+            if any(not v.is_integer() for v in out):
+                raise ValueError("expected integers")
+            return [int(v) for v in out]
         if typing.get_origin(kind) is tuple:
             items = value.split(",") if isinstance(value, str) else list(value)
             if len(items) != 2 or any(isinstance(v, bool) for v in items):
@@ -428,6 +459,42 @@ def validate(cfg: Config) -> Config:
         cfg.data = "imagefolder" if cfg.data_path else "digits"
     if cfg.data == "imagefolder" and not cfg.data_path:
         raise ConfigError("data 'imagefolder' needs --data-path DIR (a folder with train/ and val/)")
+    if cfg.data in DATASETS and not cfg.data_path:
+        raise ConfigError(
+            f"data '{cfg.data}' needs --data-path DIR (the folder holding its files; nothing is downloaded)"
+        )
+    if cfg.digits_classes is not None:
+        if cfg.data != "digits":
+            raise ConfigError(f"digits_classes applies to the digits only, not data '{cfg.data}'")
+        if not cfg.digits_classes or len(set(cfg.digits_classes)) != len(cfg.digits_classes):
+            raise ConfigError(f"digits_classes must list distinct digits, not {cfg.digits_classes}")
+        if any(not 0 <= d <= 9 for d in cfg.digits_classes):
+            raise ConfigError(f"digits_classes must lie in 0..9, not {cfg.digits_classes}")
+    # a resumed run does not reload its source, which may be gone by then (train.py checks it when used)
+    if cfg.finetune not in (None, "pretrained") and cfg.resume is None and not Path(cfg.finetune).is_file():
+        raise ConfigError(
+            f"--finetune '{cfg.finetune}' not found; pass a weights file (.pth, .safetensors) or 'pretrained'"
+        )
+    if cfg.pretrained_file is not None:
+        if cfg.finetune != "pretrained":
+            raise ConfigError("--pretrained-file is read only with --finetune pretrained")
+        if not Path(cfg.pretrained_file).is_file():
+            raise ConfigError(f"--pretrained-file '{cfg.pretrained_file}' not found")
+    if cfg.distillation_type != "none" and not cfg.teacher:
+        raise ConfigError(
+            f"distillation_type '{cfg.distillation_type}' needs --teacher (a timm model name or a checkpoint)"
+        )
+    if cfg.teacher and cfg.distillation_type == "none":
+        raise ConfigError("--teacher is used only with --distillation-type soft or hard")
+    if cfg.teacher and not Path(cfg.teacher).is_file():
+        import timm
+
+        if not timm.is_model(cfg.teacher):
+            close = difflib.get_close_matches(cfg.teacher, timm.list_models(), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(
+                f"unknown teacher '{cfg.teacher}': neither a file nor a timm model name; {hint}see timm.list_models()"
+            )
     from timm.optim import list_optimizers
 
     if cfg.opt.lower() not in list_optimizers():
@@ -460,7 +527,7 @@ def budget(cfg: Config) -> tuple[int, float]:
 
 def to_dict(cfg: Config) -> dict:
     """Plain dict of the config (tuples as lists), for YAML/JSON and checkpoints."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    return {k: list(v) if isinstance(v, (tuple, list)) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
 def from_dict(values: dict) -> Config:

@@ -36,16 +36,24 @@ def scaled_lr(cfg: Config, world_size: int, accum_steps: int = 1) -> float:
 
 
 def build_optimizer(cfg: Config, model: torch.nn.Module, world_size: int, accum_steps: int = 1):
-    """timm's optimizer for ``cfg.opt`` at the linearly scaled lr (no weight decay on norms, biases, tokens)."""
+    """timm's optimizer for ``cfg.opt`` at the linearly scaled lr (no weight decay on norms, biases, tokens).
+
+    Frozen parameters (``requires_grad=False``) are left out. With ``cfg.layer_decay`` the groups are
+    timm's ``param_groups_layer_decay`` over the model's ``group_matcher``: each carries an ``lr_scale``
+    that the scheduler applies at every step (``build_scheduler`` applies it once for ``sched: none``).
+    """
     from timm.optim import create_optimizer_v2
 
-    return create_optimizer_v2(
+    lr = scaled_lr(cfg, world_size, accum_steps)
+    optimizer = create_optimizer_v2(
         model,
         opt=cfg.opt,
-        lr=scaled_lr(cfg, world_size, accum_steps),
+        lr=lr,
         weight_decay=cfg.weight_decay,
         momentum=cfg.momentum,
+        layer_decay=getattr(cfg, "layer_decay", None),
     )
+    return optimizer
 
 
 def build_scheduler(optimizer, cfg: Config, updates_per_epoch: int, epochs: int, warmup_epochs: float):
@@ -53,6 +61,8 @@ def build_scheduler(optimizer, cfg: Config, updates_per_epoch: int, epochs: int,
     from timm.scheduler import create_scheduler_v2
 
     if cfg.sched == "none":
+        for group in optimizer.param_groups:  # layer decay's scales, which a scheduler would apply
+            group["lr"] *= group.get("lr_scale", 1.0)
         return None
     scheduler, _ = create_scheduler_v2(
         optimizer,
@@ -161,6 +171,7 @@ def train_one_epoch(
     num_updates: int = 0,
     world_size: int = 1,
     accum_steps: int = 1,
+    loss_fn=None,
     progress: bool = False,
     log_interval: int = 50,
     desc: str | None = None,
@@ -169,13 +180,18 @@ def train_one_epoch(
 
     Every ``accum_steps`` batches make one update (the loss is averaged over them; DDP syncs only on
     the last); the scheduler is stepped in updates (``step_update``) and the EMA once per update.
-    Returns the global mean training loss, each step's loss, the last lr, image count, time and update count.
+    ``loss_fn(images, outputs, targets) -> (loss, {name: part})``, when given, replaces
+    ``criterion(outputs, targets)`` (distillation needs the images); each part's global mean is
+    returned as ``train_loss_<name>``.
+    Returns the global mean training loss, each step's loss, the largest lr of the last step (the
+    top layer's under layer decay), image count, time and update count.
     """
     model.train()
     n_steps = len(loader)
     if n_steps == 0:
         raise FloatingPointError("the training loader yields no batch")
     step_losses = []
+    part_sums: dict = {}
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_images = 0
     start = time.perf_counter()
@@ -192,7 +208,12 @@ def train_one_epoch(
         sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = criterion(model(images), targets)
+                if loss_fn is None:
+                    loss = criterion(model(images), targets)
+                else:
+                    loss, parts = loss_fn(images, model(images), targets)
+                    for name, value in parts.items():
+                        part_sums[name] = part_sums.get(name, 0.0) + value.detach().double() * len(images)
             scaled = loss / accum_steps if accum_steps > 1 else loss
             if loss_scaler is not None:
                 loss_scaler(
@@ -216,16 +237,20 @@ def train_one_epoch(
         step_losses.append(loss.detach())
         loss_sum += loss.detach().double() * len(images)
         n_images += len(images)
-        bar.update(step, len(images) * world_size, loss, optimizer.param_groups[0]["lr"])
+        bar.update(step, len(images) * world_size, loss, max(g["lr"] for g in optimizer.param_groups))
     bar.close()
-    total_loss, total_images = all_reduce_sum([loss_sum.item(), n_images], device)
+    names = sorted(part_sums)
+    total_loss, total_images, *part_totals = all_reduce_sum(
+        [loss_sum.item(), n_images, *(float(part_sums[k]) for k in names)], device
+    )
     if not math.isfinite(total_loss):
         raise FloatingPointError(f"training loss is {total_loss} in epoch {epoch}; lower --lr or set --clip-grad")
     elapsed = time.perf_counter() - start
     return {
         "train_loss": total_loss / max(total_images, 1),
         "step_losses": torch.stack(step_losses).float().tolist(),
-        "lr": optimizer.param_groups[0]["lr"],
+        "lr": max(g["lr"] for g in optimizer.param_groups),
+        **{f"train_loss_{k}": v / max(total_images, 1) for k, v in zip(names, part_totals)},
         "train_images": int(total_images),
         "train_time_s": elapsed,
         "num_updates": num_updates,

@@ -4,11 +4,15 @@
     python train.py --model convit_base --data-path /data/imagenet   # configs/in1k.yaml, the paper's recipe
     torchrun --nproc_per_node=8 train.py --config convit_small_in1k --data-path /data/imagenet
 
+    python train.py --config finetune_in1k_384 --finetune pretrained --data-path /data/imagenet
+    python train.py --config transfer_cifar10 --finetune out/in1k/best.pth --data-path /data/cifar10
+
 Writes OUTPUT_DIR/{config.yaml, log.jsonl, summary.csv, last.pth, best.pth}. `--resume auto` continues
 from last.pth; a folder holding another run is never overwritten without --overwrite.
 """
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,7 +24,8 @@ from convit.errors import run_entry_point
 from convit.locality import epoch_locality
 from convit.training.checkpoint import FORMAT, check_resumable, save_checkpoint, training_state
 from convit.training.config import Config, budget, list_configs, resolve, save_yaml, to_dict
-from convit.training.data import build_loaders
+from convit.training.data import build_loaders, input_channels
+from convit.training.distill import DistillationLoss, build_teacher
 from convit.training.distributed import barrier, cleanup, init_distributed
 from convit.training.engine import (
     build_criterion,
@@ -33,9 +38,10 @@ from convit.training.engine import (
     seed_everything,
     train_one_epoch,
 )
+from convit.training.finetune import apply_freeze, load_source, read_source
 from convit.training.run_folder import RunLock, check_output_dir, clear_previous_run, read_log, write_summary
 from convit.variants import create_model
-from convit.weights import load_weights, read_checkpoint
+from convit.weights import CheckpointError, load_weights, read_checkpoint
 
 
 def resume_path(cfg: Config) -> Path | None:
@@ -44,6 +50,21 @@ def resume_path(cfg: Config) -> Path | None:
         last = Path(cfg.output_dir) / "last.pth"
         return last if last.is_file() else None
     return Path(cfg.resume) if cfg.resume else None
+
+
+# What a resumed run must share with last.pth beyond checkpoint.RESUME_FIXED: the optimizer's parameter
+# groups (freeze, layer_decay) and the schedule's updates per epoch (accum_steps) were made for these.
+TUNING_FIXED = ("freeze", "layer_decay", "accum_steps")
+
+
+def check_same_tuning(state: dict, cfg: Config, path) -> None:
+    before = state.get("config", {})
+    for key in TUNING_FIXED:
+        if key in before and before[key] != getattr(cfg, key):
+            raise CheckpointError(
+                f"--resume {path}: the run was trained with {key}={before[key]!r}, the command line now says "
+                f"{key}={getattr(cfg, key)!r}; drop the change, or start a new run in another --output-dir"
+            )
 
 
 def tensorboard_writer(cfg: Config, out: Path):
@@ -78,14 +99,34 @@ def main(argv=None) -> None:
     # model, optimizer, schedule: identical initial weights on every rank
     seed_everything(cfg.seed)
     kwargs = model_kwargs(cfg)
-    model = create_model(cfg.model, loaders.num_classes, **kwargs).to(device)
-    optimizer = build_optimizer(cfg, model, dist.world_size)
-    scheduler = build_scheduler(optimizer, cfg, len(loaders.train), epochs, warmup_epochs)
-    loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
+    model = create_model(cfg.model, loaders.num_classes, **kwargs)
     state = training_state(read_checkpoint(path)) if path else None
+    finetune_notes, finetuned_from = [], None
     if state:
         check_resumable(state, cfg, loaders.class_names, path)
+        check_same_tuning(state, cfg, path)
         load_weights(model, state["model"], f"checkpoint '{path}'")
+        finetuned_from = state.get("finetuned_from")  # a resumed fine-tuning run does not reload its source
+    elif cfg.finetune:
+        source = read_source(cfg)
+        finetune_notes = load_source(model, source, loaders.class_names)
+        finetuned_from = source.description
+    model.to(device)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    apply_freeze(model, cfg.freeze)
+    optimizer = build_optimizer(cfg, model, dist.world_size, accum_steps=cfg.accum_steps)
+    updates_per_epoch = math.ceil(len(loaders.train) / cfg.accum_steps)
+    scheduler = build_scheduler(optimizer, cfg, updates_per_epoch, epochs, warmup_epochs)
+    loss_scaler = NativeScaler(device=device.type) if amp_dtype == torch.float16 else None
+    teacher = None
+    if cfg.distillation_type != "none":
+        teacher, teacher_description = build_teacher(cfg, loaders.num_classes, input_channels(cfg))
+        teacher.to(device)
+        finetune_notes.append(
+            f"distillation ({cfg.distillation_type}, alpha {cfg.distillation_alpha}, tau {cfg.distillation_tau}) "
+            f"from {teacher_description}"
+        )
     writer = tensorboard_writer(cfg, out) if dist.is_main else None
 
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None  # copies the weights
@@ -101,11 +142,16 @@ def main(argv=None) -> None:
         start_epoch = state["sampler"]["epoch"]
         best_acc1, num_updates = state["best_acc1"], state["num_updates"]
 
-    ddp_model = model
+    ddp_model = torch.compile(model) if cfg.compile else model
     if dist.distributed:
-        ddp_model = DistributedDataParallel(model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+        ddp_model = DistributedDataParallel(ddp_model, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     mixup_fn = build_mixup(cfg, loaders.num_classes)
     criterion = build_criterion(cfg, mixup_active=mixup_fn is not None)
+    loss_fn = None
+    if teacher is not None:
+        loss_fn = DistillationLoss(
+            criterion, teacher, cfg.distillation_type, cfg.distillation_alpha, cfg.distillation_tau
+        )
 
     lock = RunLock(out)
     log_path = out / "log.jsonl"
@@ -118,7 +164,9 @@ def main(argv=None) -> None:
             f"img_size {cfg.img_size}; recipe {resolved.recipe}; overrides: {overrides}",
             flush=True,
         )
-        for note in resolved.notes + [log_note] * bool(log_note):
+        if finetuned_from:
+            print(f"weights from {finetuned_from}" + (" (resumed; not reloaded)" if state else ""), flush=True)
+        for note in resolved.notes + finetune_notes + [log_note] * bool(log_note):
             print(f"note: {note}", flush=True)
         print("config: " + json.dumps(to_dict(cfg)), flush=True)
         lock.acquire()
@@ -130,8 +178,9 @@ def main(argv=None) -> None:
         log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
         print(
             f"{len(loaders.train.dataset)} train images, {dist.world_size} process(es) on {device.type}, "
-            f"global batch {cfg.batch_size * dist.world_size}, lr {scaled_lr(cfg, dist.world_size):.2e}, "
-            f"{epochs} epochs of {len(loaders.train)} steps",
+            f"global batch {cfg.batch_size * dist.world_size * cfg.accum_steps}, "
+            f"lr {scaled_lr(cfg, dist.world_size, cfg.accum_steps):.2e}, "
+            f"{epochs} epochs of {len(loaders.train)} steps ({updates_per_epoch} updates)",
             flush=True,
         )
 
@@ -163,6 +212,8 @@ def main(argv=None) -> None:
                 ema=ema,
                 num_updates=num_updates,
                 world_size=dist.world_size,
+                accum_steps=cfg.accum_steps,
+                loss_fn=loss_fn,
                 progress=cfg.progress and dist.is_main,
                 log_interval=cfg.log_interval,
                 desc=f"epoch {epoch + 1}/{epochs}",
@@ -173,6 +224,7 @@ def main(argv=None) -> None:
                 "epoch": epoch,
                 "lr": train_stats["lr"],
                 "train_loss": train_stats["train_loss"],
+                **{k: v for k, v in train_stats.items() if k.startswith("train_loss_")},
                 **{k: val_stats[k] for k in ("val_loss", "val_acc1", "val_acc5", "val_images")},
             }
             if locality_images is not None:
@@ -192,6 +244,7 @@ def main(argv=None) -> None:
                     "model_kwargs": kwargs,
                     "num_classes": loaders.num_classes,
                     "class_names": loaders.class_names,
+                    "finetuned_from": finetuned_from,
                     "config": to_dict(cfg),
                     "model": model.state_dict(),
                     "epoch": epoch,
