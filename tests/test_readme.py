@@ -176,6 +176,23 @@ COVERED = {
         ELSEWHERE,
         "tests/test_locality_command.py::test_readme_commands",
     ),
+    "python train.py --config finetune_in1k_384 --model convit_small --finetune pretrained --data-path /data/imagenet": (
+        ELSEWHERE,
+        "tests/test_finetune.py::test_finetune_pretrained_reads_an_offline_file",
+    ),
+    "python train.py --config transfer_cifar10 --model convit_small --finetune out/in1k/best.pth --data-path /data/cifar": (
+        ELSEWHERE,
+        "tests/test_transfer.py::test_cifar10_from_local_pickles_trains_one_epoch",
+    ),
+    "python train.py --config transfer_flowers102 --finetune pretrained --pretrained-file convit_small.safetensors "
+    "--data-path /data/flowers --freeze head_only": (
+        ELSEWHERE,
+        "tests/test_finetune.py::test_finetune_pretrained_reads_an_offline_file",
+    ),
+    "OMP_NUM_THREADS=1 python experiments/transfer.py": (
+        ELSEWHERE,
+        "tests/test_transfer.py::test_the_transfer_experiment_runs_in_tiny_form",
+    ),
     "python experiments/data_efficiency.py --fractions 0.05,0.1,0.3,0.5,1.0 --seeds 0,1,2 --steps 800 "
     "--out experiments/results": (ELSEWHERE, "tests/test_data_efficiency.py::test_tiny_run_writes_every_output"),
     "python benchmarks/bench_models.py --model convit_tiny --img-size 224 --batch 16 --repeats 7 --runs 3 --no-timm "

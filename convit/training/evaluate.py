@@ -11,6 +11,7 @@ authors' ({"model": state_dict}). Every validation image is counted once, whatev
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -97,7 +98,11 @@ def main(args) -> dict:
         cfg.data = args.data
     cfg = validate(cfg)
     cfg.batch_size = args.batch_size
-    cfg.num_workers = args.num_workers if args.num_workers is not None else (0 if cfg.data == "digits" else 8)
+    cfg.num_workers = (
+        args.num_workers
+        if args.num_workers is not None
+        else (0 if cfg.data == "digits" else min(8, os.cpu_count() or 1))
+    )
     cfg.sampling_ratio = 1.0
     if args.img_size:
         cfg.img_size = args.img_size
