@@ -22,17 +22,8 @@ from ..errors import run_entry_point
 from ..training.data import DigitsDataset, digits_split
 from ..variants import VARIANTS, create_model
 from ..weights import extract_state_dict, load_weights, model_from_checkpoint, read_checkpoint
-from .measures import (
-    LocalityError,
-    _resolve,
-    attention_rollout,
-    capture,
-    head_ablation,
-    patch_grid,
-)
-from .measures import (
-    _report as build_report,
-)
+from .measures import LocalityError, _resolve, attention_rollout, capture, head_ablation, patch_grid
+from .measures import _report as build_report
 from .plots import (
     plot_ablation,
     plot_attention_maps,
