@@ -194,7 +194,10 @@ class GPSA(nn.Module):
 def _is_exporting() -> bool:
     """True while torch.export, the ONNX exporters or an FX tracer (torchvision's feature extractor) trace:
     they get plain functional ops, not the autograd.Function nor an ``out=`` argument."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.fx._symbolic_trace.is_fx_tracing()
+    # is_fx_tracing() warns on every first call in torch >= 2.9; is_fx_symbolic_tracing() is its quiet twin
+    fx = torch.fx._symbolic_trace
+    fx_tracing = getattr(fx, "is_fx_symbolic_tracing", fx.is_fx_tracing)()
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or fx_tracing
 
 
 def _mix_einsum(
