@@ -103,3 +103,28 @@ def test_gpu_check_script_parses_and_uses_flags_that_exist():
     train_flags = set(re.findall(r"(?<![\w-])--[a-z][a-z_-]*", "\n".join(train_lines)))
     allowed = {"--nproc_per_node", "--data-path", "--model", "--epochs", "--batch-size", "--output-dir"}
     assert train_flags and train_flags <= allowed, train_flags
+
+
+def test_layout_benchmark_compares_two_forms_of_the_same_layer():
+    """benchmarks/bench_gpsa_layout.py: its einsum form computes what the layer does, and it runs (3 repeats)."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_gpsa_layout", ROOT / "benchmarks" / "bench_gpsa_layout.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    layer = bench.GPSA(32, 4)
+    layer.local_init()
+    x = torch.randn(2, 12, 32)
+    torch.testing.assert_close(bench.einsum_form(layer, x, (3, 4)), layer(x, (3, 4)), rtol=1e-5, atol=1e-6)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpsa_layout.py"), "--repeats", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 6 and all("einsum time / fast time = " in line for line in lines)
