@@ -127,3 +127,16 @@ def read_log(out_dir: Path) -> list:
 def folder(tmp_path_factory) -> Path:
     """3 classes, 8 training and 7 validation images each: 24 train, 21 (odd) val."""
     return make_image_folder(tmp_path_factory.mktemp("imgs"), n_train=8, n_val=7)
+
+
+def fails_in_one_line(capsys, prog, main, *args) -> str:
+    """Call an entry point's ``main`` as its command does; assert exit 2 and one ``prog: error:`` line."""
+    from convit.errors import run_entry_point
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_entry_point(prog, main, *args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), err
+    return lines[0]

@@ -5,12 +5,11 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL, make_image_folder, run_script
+from conftest import ROOT, TINY_MODEL, fails_in_one_line, make_image_folder, run_script
 
 sys.path.insert(0, str(ROOT))
 import eval as eval_script  # noqa: E402
 import train as train_script  # noqa: E402
-from convit.errors import run_entry_point  # noqa: E402
 
 # the digits recipe with a 2-block model: a run of one epoch takes seconds
 DIGITS_TINY = ["--depth", "2", "--local-up-to-layer", "1", "--embed-dim", "32", "--progress", "false"]
@@ -21,16 +20,6 @@ def snapshot(folder):
     if not folder.exists():
         return {}
     return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-def fails_in_one_line(capsys, prog, main, *args) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_entry_point(prog, main, *args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

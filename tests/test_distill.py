@@ -3,11 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import NO_AUG, TINY_MODEL, read_log
+from conftest import NO_AUG, TINY_MODEL, fails_in_one_line, read_log
 from torch.utils.data import DataLoader, TensorDataset
 
 import train as train_script
-from convit.errors import run_entry_point
 from convit.training.distill import DistillationLoss, distillation_term
 from convit.training.engine import train_one_epoch
 from convit.variants import create_model
@@ -90,25 +89,20 @@ def test_distillation_through_train_logs_both_losses(folder, tmp_path, capsys):
     assert row["train_loss"] == pytest.approx(0.5 * row["train_loss_cls"] + 0.5 * row["train_loss_distill"], rel=1e-5)
 
 
-def fails_in_one_line(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_entry_point("train.py", train_script.main, [str(a) for a in argv])
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), lines
-    return lines[0]
+def train_fails(capsys, argv) -> str:
+    return fails_in_one_line(capsys, "train.py", train_script.main, [str(a) for a in argv])
 
 
 def test_bad_teachers_stop_in_one_line_before_anything_is_written(folder, tmp_path, capsys):
     save_ours(tmp_path / "ten.pth", 10)
     out = tmp_path / "out"
     base = ["--data-path", folder, *TINY_MODEL, "--batch-size", "8", "--output-dir", out]
-    line = fails_in_one_line(capsys, [*base, "--teacher", "resnet_nonsense", "--distillation-type", "hard"])
+    line = train_fails(capsys, [*base, "--teacher", "resnet_nonsense", "--distillation-type", "hard"])
     assert "unknown teacher 'resnet_nonsense'" in line
-    line = fails_in_one_line(capsys, [*base, "--teacher", tmp_path / "ten.pth", "--distillation-type", "soft"])
+    line = train_fails(capsys, [*base, "--teacher", tmp_path / "ten.pth", "--distillation-type", "soft"])
     assert "predicts 10 classes, the data has 3" in line
-    line = fails_in_one_line(capsys, [*base, "--distillation-type", "soft"])
+    line = train_fails(capsys, [*base, "--distillation-type", "soft"])
     assert "needs --teacher" in line
-    assert "distillation_alpha must lie in" in fails_in_one_line(capsys, [*base, "--distillation-alpha", "1.5"])
-    assert "distillation_type must be one of" in fails_in_one_line(capsys, [*base, "--distillation-type", "x"])
+    assert "distillation_alpha must lie in" in train_fails(capsys, [*base, "--distillation-alpha", "1.5"])
+    assert "distillation_type must be one of" in train_fails(capsys, [*base, "--distillation-type", "x"])
     assert not out.exists()

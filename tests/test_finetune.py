@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
-from conftest import NO_AUG, TINY_MODEL, make_image_folder, read_log
+from conftest import NO_AUG, TINY_MODEL, fails_in_one_line, make_image_folder, read_log
 from safetensors.torch import save_file
 
 import train as train_script
-from convit.errors import run_entry_point
 from convit.model import resample_pos_embed
 from convit.training.config import parse_args
 from convit.training.engine import build_optimizer, build_scheduler
@@ -89,13 +88,8 @@ def test_load_source_keeps_the_head_when_classes_match_and_resamples_pos_embed()
     assert any("class names differ" in n for n in notes) and torch.equal(fresh.head.weight, head)
 
 
-def fails_in_one_line(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_entry_point("train.py", train_script.main, [str(a) for a in argv])
-    assert exit_info.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), lines
-    return lines[0]
+def train_fails(capsys, argv) -> str:
+    return fails_in_one_line(capsys, "train.py", train_script.main, [str(a) for a in argv])
 
 
 def test_sources_that_do_not_fit_stop_before_anything_is_written(folder, tmp_path, capsys):
@@ -104,16 +98,16 @@ def test_sources_that_do_not_fit_stop_before_anything_is_written(folder, tmp_pat
     torch.save(torch.nn.Linear(4, 4).state_dict(), tmp_path / "linear.pth")
     out = tmp_path / "out"
     base = ["--data-path", folder, *AT_32, "--output-dir", out]
-    line = fails_in_one_line(capsys, [*base, "--finetune", wide])
+    line = train_fails(capsys, [*base, "--finetune", wide])
     assert "does not fit the recipe's model" in line and "is [" in line
-    line = fails_in_one_line(capsys, [*base, "--finetune", deep])
+    line = train_fails(capsys, [*base, "--finetune", deep])
     assert "does not fit the recipe's model" in line and "blocks.2." in line
-    assert "is not a ConViT" in fails_in_one_line(capsys, [*base, "--finetune", tmp_path / "linear.pth"])
-    assert "--finetune 'nope.pth' not found" in fails_in_one_line(capsys, [*base, "--finetune", "nope.pth"])
-    assert "accum_steps must lie in [1, inf)" in fails_in_one_line(capsys, [*base, "--accum-steps", "0"])
-    line = fails_in_one_line(capsys, [*base, "--finetune", "pretrained", "--pretrained-file", "nope.pth"])
+    assert "is not a ConViT" in train_fails(capsys, [*base, "--finetune", tmp_path / "linear.pth"])
+    assert "--finetune 'nope.pth' not found" in train_fails(capsys, [*base, "--finetune", "nope.pth"])
+    assert "accum_steps must lie in [1, inf)" in train_fails(capsys, [*base, "--accum-steps", "0"])
+    line = train_fails(capsys, [*base, "--finetune", "pretrained", "--pretrained-file", "nope.pth"])
     assert "--pretrained-file 'nope.pth' not found" in line
-    assert "--pretrained-file is read only with --finetune pretrained" in fails_in_one_line(
+    assert "--pretrained-file is read only with --finetune pretrained" in train_fails(
         capsys, [*base, "--pretrained-file", wide]
     )
     assert not out.exists()
@@ -178,7 +172,7 @@ def test_accumulating_2x8_equals_one_step_of_16_through_train(tmp_path, capsys):
     assert one["format"] == FORMAT
     # resuming with another accumulation would change the schedule last.pth was made for
     argv = [*common, "--epochs", "2", "--batch-size", "8", "--output-dir", tmp_path / "b8", "--resume", "auto"]
-    line = fails_in_one_line(capsys, argv)
+    line = train_fails(capsys, argv)
     assert "the run was trained with accum_steps=2, the command line now says accum_steps=1" in line
 
 
