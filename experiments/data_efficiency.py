@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
+from convit.errors import UserError, run_entry_point  # noqa: E402
 from convit.locality import locality_report  # noqa: E402
 from convit.training.config import Config, load_recipe, validate  # noqa: E402
 from convit.training.data import DigitsDataset, build_loaders, class_balanced_subset, digits_split, input_channels  # noqa: E402
@@ -48,6 +49,7 @@ from convit.training.engine import (  # noqa: E402
     seed_everything,
     train_one_epoch,
 )
+from convit.training.finetune import apply_freeze  # noqa: E402
 from convit.variants import create_model  # noqa: E402
 
 DEFAULT_CONFIG = ROOT / "experiments" / "configs" / "data_efficiency.yaml"
@@ -252,6 +254,7 @@ def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader
 
     seed_everything(cfg.seed)
     model = create_model(cfg.model, 10, **model_kwargs(cfg))
+    apply_freeze(model, cfg.freeze)
     optimizer = build_optimizer(cfg, model, world_size=1)
     # the budget is one "epoch" of `steps` updates: linear warm-up, then cosine to min_lr at `steps`
     scheduler = build_scheduler(optimizer, cfg, steps, 1, min(warmup_steps, max(steps - 1, 0)) / steps)
@@ -287,6 +290,50 @@ def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader
         "seconds": round(seconds, 1),
     }
     return result, locality
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to write over a previous experiment's results unless --resume or --overwrite says what to do."""
+    if (out / "results.csv").is_file() and not (resume or overwrite):
+        raise UserError(
+            f"{out} already holds an experiment's results.csv: add --resume to finish it, --overwrite to start "
+            "again, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and not resume:
+        for name in ("results.csv", "locality.csv"):
+            (out / name).unlink(missing_ok=True)
+
+
+def run_grid(plan, out: Path, base: Config, config_of, steps: int, warmup_steps: int, data, key: str = "model"):
+    """Train every (``key``, fraction, seed) of ``plan`` not yet in OUT/results.csv, appending its rows to
+    results.csv and locality.csv as soon as it ends, with a progress line (elapsed, ETA) per run.
+
+    ``config_of(base, name, fraction, seed)`` gives each run's Config; ``data`` is (train arrays, val loader,
+    val images)."""
+    train_data, val_loader, val_images = data
+    done = {(r[key], float(r["fraction"]), int(r["seed"])) for r in read_csv(out / "results.csv")}
+    todo = [run for run in plan if run not in done]
+    if len(todo) < len(plan):
+        print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out}/results.csv", flush=True)
+    result_fields = [key] + RESULT_FIELDS[1:]
+    locality_fields = [key] + LOCALITY_FIELDS[1:]
+    start = time.perf_counter()
+    for i, (name, fraction, seed) in enumerate(todo, 1):
+        cfg = config_of(base, name, fraction, seed)
+        result, locality = train_run(cfg, steps, warmup_steps, train_data, val_loader, val_images)
+        row = {key: name, "fraction": fraction, "seed": seed}
+        append_csv(out / "results.csv", [{**row, **result}], result_fields)
+        append_csv(out / "locality.csv", [{**row, **r} for r in locality], locality_fields)
+        elapsed = time.perf_counter() - start
+        eta = elapsed / i * (len(todo) - i)
+        print(
+            f"[{i:2d}/{len(todo)}] {name:13s} fraction {fraction:<4g} seed {seed}: "
+            f"{result['train_images']:4d} images, {steps} steps, val top-1 {result['val_acc1']:6.2f} "
+            f"(loss {result['val_loss']:.3f}), {result['seconds']:.0f}s | elapsed {elapsed / 60:.1f} min, "
+            f"ETA {eta / 60:.1f} min",
+            flush=True,
+        )
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -395,17 +442,9 @@ def plot_locality(locality: list[dict], out: Path) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base recipe (keys of convit/config.py)")
-    p.add_argument("--fractions", default="0.05,0.1,0.3,0.5,1.0")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--models", default="convit,deit")
-    p.add_argument("--steps", type=int, default=800, help="optimizer steps per run, for every fraction")
-    p.add_argument("--warmup-steps", type=int, default=80)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--out", default="out/data_efficiency")
-    p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
+def add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """--config and the model and recipe values the command line may override for every run."""
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="base recipe (keys of convit/training/config.py)")
     for key in MODEL_FLAGS + CONFIG_FLAGS:
         p.add_argument(
             "--" + key.replace("_", "-"),
@@ -414,27 +453,43 @@ def parse_args(argv=None) -> argparse.Namespace:
             type=float if key == "lr" else int,
             help=f"override the recipe's {key}",
         )
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+
+
+def base_config(args: argparse.Namespace) -> Config:
+    """The recipe of --config with the command line's overrides, validated."""
+    values = load_recipe(args.config)
+    values.update({k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None})
+    overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
+    values["model_kwargs"] = {**values.get("model_kwargs", {}), **overrides}
+    return validate(Config(**values))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fractions", default="0.05,0.1,0.3,0.5,1.0")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--models", default="convit,deit")
+    p.add_argument("--steps", type=int, default=800, help="optimizer steps per run, for every fraction")
+    p.add_argument("--warmup-steps", type=int, default=80)
+    p.add_argument("--out", default="out/data_efficiency")
+    p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
+    p.add_argument("--overwrite", action="store_true", help="start again over OUT's previous results")
+    add_recipe_flags(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    values = load_recipe(args.config)
-    values.update({k: getattr(args, k) for k in CONFIG_FLAGS if getattr(args, k) is not None})
-    overrides = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k) is not None}
-    values["model_kwargs"] = {**values.get("model_kwargs", {}), **overrides}
-    base = validate(Config(**values))
+    base = base_config(args)
     fractions = [float(x) for x in args.fractions.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     models = args.models.split(",")
     if any(m not in MODELS for m in models) or not all(0 < f <= 1 for f in fractions):
-        raise SystemExit(f"--models must be from {MODELS}; --fractions in (0, 1]")
+        raise UserError(f"--models must be from {MODELS} and --fractions in (0, 1]")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        for name in ("results.csv", "locality.csv"):
-            (out / name).unlink(missing_ok=True)
+    prepare_out(out, args.resume, args.overwrite)
 
     train_data, _ = digits_split()
     val_loader = build_loaders(dataclasses.replace(base, batch_size=120), need_train=False).val
@@ -448,25 +503,9 @@ def main(argv=None) -> None:
     )
     print(setting, flush=True)
 
-    done = {(r["model"], float(r["fraction"]), int(r["seed"])) for r in read_csv(out / "results.csv")}
     # seeds outermost: an interrupted experiment still has every fraction for its first seeds
-    plan = [(m, f, s) for s in seeds for f in fractions for m in models if (m, f, s) not in done]
-    start = time.perf_counter()
-    for i, (model, fraction, seed) in enumerate(plan, 1):
-        cfg = run_config(base, model, fraction, seed)
-        result, locality = train_run(cfg, args.steps, args.warmup_steps, train_data, val_loader, val_images)
-        key = {"model": model, "fraction": fraction, "seed": seed}
-        append_csv(out / "results.csv", [{**key, **result}], RESULT_FIELDS)
-        append_csv(out / "locality.csv", [{**key, **row} for row in locality], LOCALITY_FIELDS)
-        elapsed = time.perf_counter() - start
-        eta = elapsed / i * (len(plan) - i)
-        print(
-            f"[{i:2d}/{len(plan)}] {model:6s} fraction {fraction:<4g} seed {seed}: "
-            f"{result['train_images']:4d} images, {args.steps} steps, val top-1 {result['val_acc1']:6.2f} "
-            f"(loss {result['val_loss']:.3f}), {result['seconds']:.0f}s | elapsed {elapsed / 60:.1f} min, "
-            f"ETA {eta / 60:.1f} min",
-            flush=True,
-        )
+    plan = [(m, f, s) for s in seeds for f in fractions for m in models]
+    run_grid(plan, out, base, run_config, args.steps, args.warmup_steps, (train_data, val_loader, val_images))
 
     results, locality = read_csv(out / "results.csv"), read_csv(out / "locality.csv")
     init = init_locality(base, models, seeds, val_images)
@@ -484,4 +523,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point("data_efficiency.py", main)

@@ -162,6 +162,48 @@ def test_readme_commands(tmp_path):
     assert (tmp_path / "log" / "centres_over_epochs.png").is_file()
 
 
+def write_log(path, local_up_to_layer, epochs=3):
+    """A log.jsonl as train.py writes it: per epoch the losses, top-1 and a tiny ConViT's locality."""
+    from convit.locality import epoch_locality
+
+    model = ConViT(img_size=16, patch_size=4, embed_dim=16, num_heads=4, depth=3, local_up_to_layer=local_up_to_layer)
+    images = torch.randn(4, 3, 16, 16)
+    path.parent.mkdir(parents=True)
+    with open(path, "w") as f:
+        for epoch in range(epochs):
+            row = {
+                "epoch": epoch,
+                "train_loss": 2.0 / (epoch + 1),
+                "val_loss": 2.1 / (epoch + 1),
+                "val_acc1": 10.0 * epoch,
+            }
+            f.write(json.dumps({**row, "locality": epoch_locality(model, images)}) + "\n")
+    return path
+
+
+def test_several_logs_overlay_their_training_curves(tmp_path):
+    """Seeds of two settings: each run's plots in its own folder, all curves in one figure; labels must match."""
+    logs = [
+        write_log(tmp_path / f"{name}_seed{s}" / "log.jsonl", layers)
+        for name, layers in (("convit", 2), ("deit", 0))
+        for s in (0, 1)
+    ]
+    argv = [a for log in logs for a in ("--log", str(log))]
+    labels = ["--label", "ConViT", "--label", "ConViT", "--label", "DeiT", "--label", "DeiT"]
+    result = command.main(argv + labels + ["--out", str(tmp_path / "out")])
+    Image.open(tmp_path / "out" / "training_curves.png").verify()
+    for run in ("convit_seed0", "convit_seed1", "deit_seed0", "deit_seed1"):
+        assert (tmp_path / "out" / run / "nonlocality_over_epochs.png").is_file()
+        assert (tmp_path / "out" / run / "training_curves.png").is_file()
+    assert (tmp_path / "out" / "convit_seed0" / "gates_over_epochs.png").is_file()
+    assert not (tmp_path / "out" / "deit_seed0" / "gates_over_epochs.png").exists()
+    assert len(result["plots"]) == 2 * 5 + 2 * 2 + 1  # ConViT: curves, non-locality, gates, sharpness, centres
+    with pytest.raises(UserError, match="3 --label for 4 --log"):
+        command.main(argv + labels[:6] + ["--out", str(tmp_path / "out2")])
+    with pytest.raises(UserError, match="no such file"):
+        command.main(["--log", str(tmp_path / "missing" / "log.jsonl"), "--out", str(tmp_path / "out3")])
+
+
 @pytest.mark.parametrize(
     "models", [["--model", "convit_tiny"], ["--model", "convit_tiny", "--model", "deit_tiny_patch16_224"]]
 )

@@ -31,6 +31,7 @@ from .plots import (
     plot_nonlocality,
     plot_nonlocality_parts,
     plot_overlays,
+    plot_training_curves,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "plot_compare",
     "plot_gates",
     "plot_log",
+    "plot_training_curves",
     "plot_nonlocality",
     "plot_nonlocality_parts",
     "plot_overlays",

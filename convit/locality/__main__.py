@@ -34,6 +34,7 @@ from .plots import (
     plot_nonlocality,
     plot_nonlocality_parts,
     plot_overlays,
+    plot_training_curves,
 )
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -395,10 +396,28 @@ def _write_markdown(path: str, argv: Sequence[str], reports: Sequence[dict], not
 # ---------------------------------------------------------------------------------------------- command
 
 
+def _plot_logs(logs: Sequence[str], labels: Sequence[str] | None, out: str) -> dict:
+    """One log: its plots in ``out``. Several: each log's plots in ``out/<its run folder>`` and all runs'
+    training curves in ``out/training_curves.png`` (runs given the same --label share a colour)."""
+    for log in logs:
+        if not os.path.isfile(log):
+            raise LocalityError(f"--log {log}: no such file (a training run writes OUTPUT_DIR/log.jsonl)")
+    if labels and len(labels) != len(logs):
+        raise LocalityError(f"{len(labels)} --label for {len(logs)} --log; give one per log or none")
+    if len(logs) == 1:
+        return {"plots": plot_log(logs[0], out)}
+    runs = [os.path.basename(os.path.dirname(os.path.abspath(log))) or "run" for log in logs]
+    folders = [run if runs.count(run) == 1 else f"{run}_{i}" for i, run in enumerate(runs)]
+    plots = [p for log, folder in zip(logs, folders, strict=True) for p in plot_log(log, os.path.join(out, folder))]
+    plots.append(os.path.join(out, "training_curves.png"))
+    plot_training_curves(logs, labels or runs, plots[-1])
+    return {"plots": plots}
+
+
 def run(args: argparse.Namespace) -> dict:
     """Everything the command does; returns the report of a single model, or ``{"models": [...]}`` for several."""
     if args.log:
-        return {"plots": plot_log(args.log, args.out)}
+        return _plot_logs(args.log, args.label, args.out)
     pairs = _pairs(args)
     models = [load_model(name, checkpoint, args.pretrained) for name, checkpoint in pairs]
     labels = args.label or _labels([n for n, _ in pairs], [c for _, c in pairs], models)
@@ -478,7 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="images to overlay attention on: N (the first N) or indices I,J (a single index: I,); 0 for none",
     )
     parser.add_argument("--ablate", action="store_true", help="also measure the top-1 drop when each head is zeroed")
-    parser.add_argument("--log", help="training log.jsonl: plot the measures over epochs instead")
+    parser.add_argument(
+        "--log",
+        action="append",
+        help="training log.jsonl: plot the measures and the loss over epochs instead; repeat to overlay runs' curves",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--out", required=True, help="output folder")
     return parser

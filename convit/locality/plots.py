@@ -395,15 +395,64 @@ def _tensor(values: list) -> torch.Tensor:
     return torch.tensor(float("nan") if values is None else float(values))
 
 
-def plot_log(log_path: str, out_dir: str) -> list[str]:
-    """Plot the per-epoch ``locality`` entries of a training ``log.jsonl``: one subplot per block, one line per head.
+def _read_curves(log_path: str) -> dict[str, list[float]]:
+    """The per-epoch ``epoch``, ``train_loss``, ``val_loss`` and ``val_acc1`` of a training log (nan where absent)."""
+    curves: dict[str, list[float]] = {key: [] for key in CURVES}
+    with open(log_path) as handle:
+        for line in handle:
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue  # _read_log has already named a broken line; a truncated last line is skipped here
+            if isinstance(record, dict) and "train_loss" in record:
+                for key in CURVES:
+                    value = record.get(key, len(curves["epoch"]) if key == "epoch" else None)
+                    curves[key].append(float("nan") if value is None else float(value))
+    return curves
 
-    Writes ``nonlocality_over_epochs.png``, ``gates_over_epochs.png`` (GPSA models), and where the log has
-    them ``sharpness_over_epochs.png`` and ``centres_over_epochs.png``; returns their paths.
+
+CURVES = ("epoch", "train_loss", "val_loss", "val_acc1")
+
+
+def plot_training_curves(log_paths: Sequence[str], labels: Sequence[str], path: str) -> None:
+    """Training loss, validation loss and validation top-1 over epochs, one line per log; logs with the same
+    label (seeds of one setting) share a colour."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    colours: dict[str, str] = {}
+    for log_path, label in zip(log_paths, labels, strict=True):
+        curves = _read_curves(log_path)
+        first = label not in colours
+        colour = colours.setdefault(label, f"C{len(colours) % 10}")
+        for ax, key in zip(axes, CURVES[1:], strict=True):
+            ax.plot(curves["epoch"], curves[key], lw=1, color=colour, alpha=0.8, label=label if first else None)
+    for ax, key, title in zip(
+        axes, CURVES[1:], ("training loss", "validation loss", "validation top-1 (%)"), strict=True
+    ):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        if key != "val_acc1":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_log(log_path: str, out_dir: str) -> list[str]:
+    """Plot a training ``log.jsonl``: its per-epoch ``locality`` entries (one subplot per block, one line per
+    head) and its loss and accuracy curves.
+
+    Writes ``nonlocality_over_epochs.png``, ``gates_over_epochs.png`` (GPSA models), where the log has
+    them ``sharpness_over_epochs.png`` and ``centres_over_epochs.png``, and ``training_curves.png``; returns
+    their paths.
     """
     epochs, records = _read_log(log_path)
     os.makedirs(out_dir, exist_ok=True)
-    paths = []
+    paths = [os.path.join(out_dir, "training_curves.png")]
+    plot_training_curves([log_path], [os.path.basename(os.path.dirname(os.path.abspath(log_path)))], paths[0])
     distance = torch.tensor([record["nonlocality"] for record in records], dtype=torch.float32)
     paths.append(os.path.join(out_dir, "nonlocality_over_epochs.png"))
     _plot_over_epochs(epochs, distance, paths[-1], "non-locality")
