@@ -12,8 +12,10 @@ from convit.training.engine import (
     build_criterion,
     build_mixup,
     build_optimizer,
+    build_scheduler,
     evaluate,
     model_kwargs,
+    scheduled_lr,
     train_one_epoch,
 )
 from convit.variants import create_model
@@ -128,3 +130,41 @@ def test_progress_is_a_log_line_when_stdout_is_not_a_terminal():
     assert len(lines) == 3 and "\r" not in stream.getvalue()  # steps 4, 8 and the last
     assert lines[-1].startswith("epoch 1/3 step 10/10 (100%)") and "img/s" in lines[-1] and "ETA 0:00:00" in lines[-1]
     assert "loss 0.5000" in lines[0] and "lr 1.00e-03" in lines[0]
+
+
+@pytest.mark.parametrize("layer_decay", [[], ["--layer-decay", "0.5"]], ids=["plain", "layer-decay"])
+def test_gate_lr_scale_moves_only_the_gates_to_a_faster_group(layer_decay):
+    """The gates get lr x gate_lr_scale after a scheduler step; every other parameter keeps its group's lr and
+    weight decay exactly as without the scale (timm's grouping: no decay on pos_embed, cls_token, 1-d)."""
+
+    def lrs(args):
+        cfg = parse_args([*args, "--lr", "0.008", "--warmup-epochs", "0", "--min-lr", "0", *layer_decay])
+        torch.manual_seed(0)
+        model = create_model(cfg.model, 10, img_size=16, **cfg.model_kwargs)
+        optimizer = build_optimizer(cfg, model, world_size=1)
+        build_scheduler(optimizer, cfg, updates_per_epoch=4, epochs=2, warmup_epochs=0).step_update(4)
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        assert len(group_of) == sum(1 for _ in model.parameters())
+        lr = {n: (group_of[id(p)]["lr"], group_of[id(p)]["weight_decay"]) for n, p in model.named_parameters()}
+        return {**lr, "_logged": scheduled_lr(optimizer)}
+
+    plain, scaled = lrs([]), lrs(["--gate-lr-scale", "10"])
+    assert scaled.pop("_logged") == plain.pop("_logged") == pytest.approx(plain["head.weight"][0])
+    gates = [n for n in plain if n.endswith("gating_param")]
+    assert len(gates) == 4 and plain["pos_embed"][1] == 0 and plain["blocks.0.attn.qk.weight"][1] == 0.05
+    for name, (lr, decay) in plain.items():
+        if name in gates:
+            assert scaled[name] == (pytest.approx(10 * lr), decay)
+        else:
+            assert scaled[name] == (pytest.approx(lr), decay), name
+    assert plain["head.weight"][0] == pytest.approx(0.008 * 64 / 512 * 0.5 * (1 + math.cos(math.pi / 2)))
+
+
+def test_gate_lr_scale_needs_trainable_gates():
+    from convit.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="nothing to scale with freeze: gates"):
+        parse_args(["--gate-lr-scale", "10", "--freeze", "gates"])
+    cfg = parse_args(["--gate-lr-scale", "10", "--local-up-to-layer", "0"])
+    with pytest.raises(ConfigError, match="no trainable GPSA gate"):
+        build_optimizer(cfg, create_model(cfg.model, 10, img_size=16, **cfg.model_kwargs), world_size=1)

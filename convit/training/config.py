@@ -102,6 +102,7 @@ class Config:
     pretrained_file: str | None = None  # with --finetune pretrained: timm's published weights read from this file
     layer_decay: float | None = None  # layer-wise lr decay (timm's param_groups_layer_decay); None: off
     freeze: str = "none"  # none | head_only (train the head alone) | attn_only | gates | pos_proj
+    gate_lr_scale: float = 1.0  # lr multiplier of the GPSA gating parameters (1: as in the paper)
     accum_steps: int = 1  # batches per optimizer update; the lr scales with the effective batch
     compile: bool = False  # torch.compile the model for training
     grad_checkpointing: bool = False  # recompute each block's activations in the backward pass
@@ -174,6 +175,7 @@ RANGES = {
     "log_interval": (1, math.inf, True, False),
     "locality_images": (0, math.inf, True, False),
     "layer_decay": (0, 1, False, True),
+    "gate_lr_scale": (0, math.inf, False, False),
     "accum_steps": (1, math.inf, True, False),
     "distillation_alpha": (0, 1, True, True),
     "distillation_tau": (0, math.inf, False, False),
@@ -480,6 +482,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError("--pretrained-file is read only with --finetune pretrained")
         if not Path(cfg.pretrained_file).is_file():
             raise ConfigError(f"--pretrained-file '{cfg.pretrained_file}' not found")
+    if cfg.gate_lr_scale != 1 and cfg.freeze == "gates":
+        raise ConfigError("gate_lr_scale has nothing to scale with freeze: gates; drop one of them")
     if cfg.distillation_type != "none" and not cfg.teacher:
         raise ConfigError(
             f"distillation_type '{cfg.distillation_type}' needs --teacher (a timm model name or a checkpoint)"

@@ -7,13 +7,14 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import Config
+from .config import Config, ConfigError
 from .distributed import all_reduce_sum
 
 
@@ -45,6 +46,7 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, world_size: int, accum_
     from timm.optim import create_optimizer_v2
 
     lr = scaled_lr(cfg, world_size, accum_steps)
+    gate_lr_scale = getattr(cfg, "gate_lr_scale", 1.0)
     optimizer = create_optimizer_v2(
         model,
         opt=cfg.opt,
@@ -52,8 +54,42 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, world_size: int, accum_
         weight_decay=cfg.weight_decay,
         momentum=cfg.momentum,
         layer_decay=getattr(cfg, "layer_decay", None),
+        param_group_fn=None if gate_lr_scale == 1 else partial(_gates_apart, cfg=cfg),
     )
     return optimizer
+
+
+def scheduled_lr(optimizer) -> float:
+    """The schedule's lr now: that of the groups without an lr_scale other than 1 (layer decay scales the
+    others down, gate_lr_scale the gates up)."""
+    plain = [g["lr"] for g in optimizer.param_groups if g.get("lr_scale", 1.0) == 1.0]
+    return max(plain or [g["lr"] for g in optimizer.param_groups])
+
+
+def _gates_apart(model: torch.nn.Module, cfg: Config) -> list[dict]:
+    """timm's parameter groups (weight decay, layer decay) with the GPSA gating parameters moved into groups
+    of their own whose ``lr_scale`` is multiplied by ``cfg.gate_lr_scale``."""
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    if getattr(cfg, "layer_decay", None):
+        groups = param_groups_layer_decay(
+            model, weight_decay=cfg.weight_decay, no_weight_decay_list=skip, layer_decay=cfg.layer_decay
+        )
+    else:
+        groups = param_groups_weight_decay(model, weight_decay=cfg.weight_decay, no_weight_decay_list=skip)
+    gates = {id(p) for name, p in model.named_parameters() if name.endswith("gating_param") and p.requires_grad}
+    if not gates:
+        raise ConfigError(f"gate_lr_scale {cfg.gate_lr_scale} has no trainable GPSA gate to scale in this model")
+    split = []
+    for group in groups:
+        rest = [p for p in group["params"] if id(p) not in gates]
+        moved = [p for p in group["params"] if id(p) in gates]
+        if rest:
+            split.append({**group, "params": rest})
+        if moved:
+            split.append({**group, "params": moved, "lr_scale": group.get("lr_scale", 1.0) * cfg.gate_lr_scale})
+    return split
 
 
 def build_scheduler(optimizer, cfg: Config, updates_per_epoch: int, epochs: int, warmup_epochs: float):
@@ -237,7 +273,7 @@ def train_one_epoch(
         step_losses.append(loss.detach())
         loss_sum += loss.detach().double() * len(images)
         n_images += len(images)
-        bar.update(step, len(images) * world_size, loss, max(g["lr"] for g in optimizer.param_groups))
+        bar.update(step, len(images) * world_size, loss, scheduled_lr(optimizer))
     bar.close()
     names = sorted(part_sums)
     total_loss, total_images, *part_totals = all_reduce_sum(
@@ -249,7 +285,7 @@ def train_one_epoch(
     return {
         "train_loss": total_loss / max(total_images, 1),
         "step_losses": torch.stack(step_losses).float().tolist(),
-        "lr": max(g["lr"] for g in optimizer.param_groups),
+        "lr": scheduled_lr(optimizer),
         **{f"train_loss_{k}": v / max(total_images, 1) for k, v in zip(names, part_totals)},
         "train_images": int(total_images),
         "train_time_s": elapsed,

@@ -54,7 +54,7 @@ def resume_path(cfg: Config) -> Path | None:
 
 # What a resumed run must share with last.pth beyond checkpoint.RESUME_FIXED: the optimizer's parameter
 # groups (freeze, layer_decay) and the schedule's updates per epoch (accum_steps) were made for these.
-TUNING_FIXED = ("freeze", "layer_decay", "accum_steps")
+TUNING_FIXED = ("freeze", "layer_decay", "accum_steps", "gate_lr_scale")
 
 
 def check_same_tuning(state: dict, cfg: Config, path) -> None:
