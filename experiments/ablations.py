@@ -224,7 +224,7 @@ def plot(summary: list[dict], out: Path, setting: str) -> None:
         ax.set_xticks(x)
         ax.set_xticklabels([r["setting"].replace("_", " ") for r in rows], fontsize=8)
         ax.set_ylabel("top-1 minus full ConViT (points)")
-        ax.set_title(f"{fraction:g} of the training images", fontsize=9)
+        ax.set_title(f"{fraction:.0%} of the training images", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7)
     fig.suptitle(setting, fontsize=8)

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL, make_image_folder, run_script
+from conftest import ROOT, TINY_MODEL, make_image_folder, run_module, run_script
+from PIL import Image
 
 README = (ROOT / "README.md").read_text()
 FAST = ["--progress", "false", "--locality-images", "0", "--num-workers", "0"]
@@ -109,6 +110,7 @@ def check_ci_runs(*lines):
 
 
 ELSEWHERE = "runs elsewhere"
+CONVERGENCE = "tests/test_readme.py::test_convergence_and_dynamics_commands"
 COVERED = {
     "pip install torch==2.14.1 torchvision==0.29.1": ("ci", "pip install torch==2.14.1 torchvision==0.29.1"),
     'pip install -e ".[dev]"': ("ci", 'pip install -e ".[dev]"'),
@@ -195,6 +197,29 @@ COVERED = {
     ),
     "python experiments/data_efficiency.py --fractions 0.05,0.1,0.3,0.5,1.0 --seeds 0,1,2 --steps 800 "
     "--out experiments/results": (ELSEWHERE, "tests/test_data_efficiency.py::test_tiny_run_writes_every_output"),
+    "python experiments/ablations.py --out experiments/results_ablations": (
+        ELSEWHERE,
+        "tests/test_ablations.py::test_tiny_run_of_every_setting_then_resume",
+    ),
+    "OMP_NUM_THREADS=1 python train.py --config experiments/configs/convergence.yaml --seed 0 "
+    "--output-dir experiments/results_convergence/convit_seed0": (ELSEWHERE, CONVERGENCE),
+    "OMP_NUM_THREADS=1 python train.py --config experiments/configs/convergence.yaml --seed 0 --local-up-to-layer 0 "
+    "--output-dir experiments/results_convergence/deit_seed0": (ELSEWHERE, CONVERGENCE),
+    "python -m convit.locality --log experiments/results_convergence/convit_seed0/log.jsonl "
+    "--log experiments/results_convergence/convit_seed1/log.jsonl --log experiments/results_convergence/convit_seed2/log.jsonl "
+    "--log experiments/results_convergence/deit_seed0/log.jsonl --log experiments/results_convergence/deit_seed1/log.jsonl "
+    "--log experiments/results_convergence/deit_seed2/log.jsonl "
+    "--label ConViT --label ConViT --label ConViT --label DeiT --label DeiT --label DeiT "
+    "--out experiments/results_convergence/figures": (ELSEWHERE, CONVERGENCE),
+    "OMP_NUM_THREADS=1 python train.py --config experiments/configs/dynamics.yaml "
+    "--output-dir experiments/results_dynamics/paper_lr": (ELSEWHERE, CONVERGENCE),
+    "OMP_NUM_THREADS=1 python train.py --config experiments/configs/dynamics.yaml --gate-lr-scale 20 "
+    "--output-dir experiments/results_dynamics/gate_lr_x20": (ELSEWHERE, CONVERGENCE),
+    "python -m convit.locality --log experiments/results_dynamics/paper_lr/log.jsonl "
+    "--log experiments/results_dynamics/gate_lr_x20/log.jsonl --out experiments/results_dynamics/figures": (
+        ELSEWHERE,
+        CONVERGENCE,
+    ),
     "python benchmarks/bench_models.py --model convit_tiny --img-size 224 --batch 16 --repeats 7 --runs 3 --no-timm "
     "--threads 2": (ELSEWHERE, "tests/test_bench.py"),
     "python benchmarks/bench_models.py --model convit_tiny --img-size 224 --batch 16 --repeats 7 --runs 3 --no-timm "
@@ -248,3 +273,30 @@ def test_train_py_is_the_digits_recipe():
     from convit.training.config import parse_args
 
     assert parse_args([]) == parse_args(["--config", "configs/digits.yaml"])
+
+
+def test_convergence_and_dynamics_commands(tmp_path):
+    """README's convergence and dynamics commands at one epoch of a 2-block model (every seed the text names),
+    then its plotting commands on those logs, all under tmp_path instead of experiments/."""
+    moved = str(tmp_path) + "/"
+    commands = [c.replace("experiments/results_", moved) for c in readme_commands()]
+    trains = [c for c in commands if "train.py --config experiments/configs/" in c and moved in c]
+    assert len(trains) == 4
+    for command in trains:
+        args = command.split()[command.split().index("train.py") + 1 :]
+        tiny = ["--epochs", "1", "--depth", "2", "--embed-dim", "32", "--progress", "false", "--locality-images", "4"]
+        if "--local-up-to-layer" not in args:
+            tiny += ["--local-up-to-layer", "1"]
+        seeds = ["0", "1", "2"] if "--seed" in args else [None]
+        for seed in seeds:
+            run = [a.replace("seed0", f"seed{seed}") for a in args] if seed else args
+            if seed:
+                run[run.index("--seed") + 1] = seed
+            run_script("train.py", [*run, *tiny])
+    plots = [c for c in commands if c.startswith("python -m convit.locality --log " + moved)]
+    assert len(plots) == 2
+    for command in plots:
+        proc = run_module("convit.locality", command.split()[3:])
+        assert proc.returncode == 0, proc.stderr
+        out = command.split()[command.split().index("--out") + 1]
+        Image.open(f"{out}/training_curves.png").verify()
