@@ -232,6 +232,7 @@ def test_plot_log_over_epochs(tmp_path):
     assert records[0]["locality"]["gates"] != records[2]["locality"]["gates"]
     paths = L.plot_log(str(log), str(tmp_path / "plots"))
     assert [p.split("/")[-1] for p in paths] == [
+        "training_curves.png",
         "nonlocality_over_epochs.png",
         "gates_over_epochs.png",
         "sharpness_over_epochs.png",
