@@ -35,7 +35,6 @@ import data_efficiency as de  # noqa: E402
 
 from convit.errors import UserError, run_entry_point  # noqa: E402
 from convit.training.config import Config, validate  # noqa: E402
-from convit.training.data import build_loaders, digits_split  # noqa: E402
 
 # setting -> (what it changes in the base recipe, gates trained?, convolutional init?)
 SETTINGS = {
@@ -262,19 +261,11 @@ def main(argv=None) -> None:
     out = Path(args.out)
     de.prepare_out(out, args.resume, args.overwrite)
 
-    train_data, _ = digits_split()
-    val_loader = build_loaders(dataclasses.replace(base, batch_size=120), need_train=False).val
-    val_images = torch.cat([x for x, _ in val_loader])
-    arch = base.model_kwargs
-    setting = (
-        f"digits 16x16, patch {arch['patch_size']}, width {arch['embed_dim']}, {arch['num_heads']} heads, "
-        f"depth {arch['depth']} ({arch['local_up_to_layer']} GPSA), {args.steps} steps x batch {base.batch_size}, "
-        f"AdamW lr {base.lr * base.batch_size / base.lr_base_batch:.0e}, cosine; val 360 images"
-    )
+    setting = de.describe(base, args.steps, f"{base.model_kwargs['local_up_to_layer']} GPSA")
     print(setting, flush=True)
+    data = de.digits_data(base)
     # seeds outermost: an interrupted experiment still has complete pairs for its first seeds
     plan = [(name, f, s) for s in seeds for f in fractions for name in settings]
-    data = (train_data, val_loader, val_images)
     de.run_grid(plan, out, base, setting_config, args.steps, args.warmup_steps, data, key="setting")
 
     results, locality = de.read_csv(out / "results.csv"), de.read_csv(out / "locality.csv")

@@ -465,6 +465,23 @@ def base_config(args: argparse.Namespace) -> Config:
     return validate(Config(**values))
 
 
+def digits_data(base: Config) -> tuple:
+    """What every run shares: the digits training arrays, the validation loader and its images in one tensor."""
+    train_data, _ = digits_split()
+    val_loader = build_loaders(dataclasses.replace(base, batch_size=120), need_train=False).val
+    return train_data, val_loader, torch.cat([x for x, _ in val_loader])
+
+
+def describe(base: Config, steps: int, gpsa: str) -> str:
+    """The setting line printed first and written into summary.md and the plots' titles."""
+    arch = base.model_kwargs
+    return (
+        f"digits 16x16, patch {arch['patch_size']}, width {arch['embed_dim']}, {arch['num_heads']} heads, "
+        f"depth {arch['depth']} ({gpsa}), {steps} steps x batch {base.batch_size}, AdamW lr "
+        f"{base.lr * base.batch_size / base.lr_base_batch:.0e}, cosine; val 360 images"
+    )
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fractions", default="0.05,0.1,0.3,0.5,1.0")
@@ -491,21 +508,14 @@ def main(argv=None) -> None:
     out = Path(args.out)
     prepare_out(out, args.resume, args.overwrite)
 
-    train_data, _ = digits_split()
-    val_loader = build_loaders(dataclasses.replace(base, batch_size=120), need_train=False).val
-    val_images = torch.cat([x for x, _ in val_loader])
-    arch = base.model_kwargs
-    setting = (
-        f"digits 16x16, patch {arch['patch_size']}, width {arch['embed_dim']}, {arch['num_heads']} heads, "
-        f"depth {arch['depth']} (ConViT: {arch['local_up_to_layer']} GPSA; DeiT twin: 0), "
-        f"{args.steps} steps x batch {base.batch_size}, AdamW lr "
-        f"{base.lr * base.batch_size / base.lr_base_batch:.0e}, cosine; val 360 images"
-    )
+    data = digits_data(base)
+    val_images = data[2]
+    setting = describe(base, args.steps, f"ConViT: {base.model_kwargs['local_up_to_layer']} GPSA; DeiT twin: 0")
     print(setting, flush=True)
 
     # seeds outermost: an interrupted experiment still has every fraction for its first seeds
     plan = [(m, f, s) for s in seeds for f in fractions for m in models]
-    run_grid(plan, out, base, run_config, args.steps, args.warmup_steps, (train_data, val_loader, val_images))
+    run_grid(plan, out, base, run_config, args.steps, args.warmup_steps, data)
 
     results, locality = read_csv(out / "results.csv"), read_csv(out / "locality.csv")
     init = init_locality(base, models, seeds, val_images)

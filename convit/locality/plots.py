@@ -322,6 +322,19 @@ def _read_log(log_path: str) -> tuple[list[float], list[dict]]:
     return epochs, records
 
 
+def _block_axes(plt, blocks: int, row_height: float, extra_height: float = 0.0, **subplots):
+    """A figure with one subplot per block, four to a row, the spare cells blanked: (fig, the blocks' axes, columns)."""
+    ncols = min(blocks, 4)
+    nrows = math.ceil(blocks / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(2.6 * ncols, row_height * nrows + extra_height), squeeze=False, **subplots
+    )
+    cells = list(axes.flat)
+    for ax in cells[blocks:]:
+        ax.axis("off")
+    return fig, cells[:blocks], ncols
+
+
 def _plot_over_epochs(
     epochs: list[float], values: torch.Tensor, path: str, ylabel: str, ylim: tuple[float, float] | None = None
 ) -> None:
@@ -329,14 +342,9 @@ def _plot_over_epochs(
     from matplotlib.ticker import MaxNLocator
 
     _, blocks, heads = values.shape
-    ncols = min(blocks, 4)
+    fig, axes, ncols = _block_axes(plt, blocks, 2.0, sharex=True)
     nrows = math.ceil(blocks / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.0 * nrows), squeeze=False, sharex=True)
-    for b in range(nrows * ncols):
-        ax = axes[b // ncols, b % ncols]
-        if b >= blocks:
-            ax.axis("off")
-            continue
+    for b, ax in enumerate(axes):
         for h in range(heads):
             ax.plot(
                 epochs, values[:, b, h].numpy(), lw=1, color=plt.cm.viridis(h / max(heads - 1, 1)), label=f"head {h}"
@@ -351,7 +359,7 @@ def _plot_over_epochs(
         if b // ncols == nrows - 1:
             ax.set_xlabel("epoch", fontsize=8)
     if heads <= 9:
-        axes[0, 0].legend(fontsize=5, frameon=False)
+        axes[0].legend(fontsize=5, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -360,14 +368,8 @@ def _plot_over_epochs(
 def _plot_centres_over_epochs(epochs: list[float], centres: torch.Tensor, path: str) -> None:
     plt = _pyplot()
     _, blocks, heads, _ = centres.shape
-    ncols = min(blocks, 4)
-    nrows = math.ceil(blocks / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.6 * nrows + 0.3), squeeze=False)
-    for b in range(nrows * ncols):
-        ax = axes[b // ncols, b % ncols]
-        if b >= blocks:
-            ax.axis("off")
-            continue
+    fig, axes, _ = _block_axes(plt, blocks, 2.6, extra_height=0.3)
+    for b, ax in enumerate(axes):
         for h in range(heads):
             color = plt.cm.viridis(h / max(heads - 1, 1))
             path_xy = centres[:, b, h].numpy()
@@ -381,7 +383,7 @@ def _plot_centres_over_epochs(epochs: list[float], centres: torch.Tensor, path: 
         ax.set_xlabel("dx", fontsize=7)
         ax.set_ylabel("dy", fontsize=7)
     if heads <= 9:
-        axes[0, 0].legend(fontsize=5, frameon=False)
+        axes[0].legend(fontsize=5, frameon=False)
     fig.suptitle(f"positional centres over epochs {epochs[0]}..{epochs[-1]} (o: first, x: last)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
