@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, child_env
+from conftest import ROOT, child_env, fails_in_one_line
 
 sys.path.insert(0, str(ROOT / "experiments"))
 import data_efficiency as de  # noqa: E402
@@ -113,3 +113,14 @@ def test_summary_pairs_seeds_and_quotes_the_paper():
     assert row["gap_seeds"] == 2 and row["gap_mean"] == pytest.approx(15.0)
     assert row["gap_std"] == pytest.approx(math.sqrt(50.0))
     assert row["paper_gap"] == pytest.approx(13.0) and de.paper_gap(0.2) is None
+
+
+def test_bad_models_and_a_finished_experiment_are_one_line(tmp_path, capsys):
+    line = fails_in_one_line(
+        capsys, "data_efficiency.py", de.main, ["--models", "convit,vit", "--out", str(tmp_path / "a")]
+    )
+    assert "--models must be from" in line and not (tmp_path / "a").exists()
+    (tmp_path / "results.csv").write_text("model,fraction,seed\nconvit,0.1,0\n")
+    line = fails_in_one_line(capsys, "data_efficiency.py", de.main, ["--out", str(tmp_path)])
+    assert "--resume" in line and "--overwrite" in line
+    assert (tmp_path / "results.csv").read_text() == "model,fraction,seed\nconvit,0.1,0\n"
