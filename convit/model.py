@@ -291,8 +291,10 @@ class ConViT(nn.Module):
         grid_size = (x.shape[1], x.shape[2])
         x = x.flatten(1, 2)
         if self.use_pos_embed:
-            x = x + resample_pos_embed(self.pos_embed, grid_size, self.trained_grid)
-        return self.pos_drop(x), grid_size
+            x = resample_pos_embed(self.pos_embed, grid_size, self.trained_grid) + x
+        # token-major: left in the convolution's channel-major strides, every residual add and LayerNorm of the
+        # GPSA blocks (which run before the class token's concatenation makes a copy) works on strided memory
+        return self.pos_drop(x.contiguous()), grid_size
 
     def join_class_token(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """The tokens that block ``index`` takes: the class token is prepended before the first MHSA block."""

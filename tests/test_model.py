@@ -104,6 +104,13 @@ def test_no_local_init_leaves_random_positional_weights():
     assert not torch.equal(model.blocks[0].attn.v.weight, torch.eye(48))
 
 
+@pytest.mark.parametrize("use_pos_embed", [True, False])
+def test_patch_tokens_leave_the_embedding_token_major(use_pos_embed):
+    # the convolution's channel-major strides made every GPSA-block add and LayerNorm a strided pass
+    tokens, _ = small_convit(use_pos_embed=use_pos_embed).embed(torch.randn(2, 3, 48, 48))
+    assert tokens.is_contiguous()
+
+
 def test_larger_image_resamples_the_position_embedding():
     model = perturb(small_convit(img_size=32, dynamic_img_size=True)).eval()
     bigger = small_convit(img_size=64).eval()
