@@ -1,7 +1,9 @@
-"""One GPSA layer, two forms of the positional term side by side: the fast path (V in the grid layout, a
-custom autograd function) and the einsum form on timm's B x N x H x d layout (plain autograd).
+"""One GPSA layer, three forms of the positional term side by side: the fast path (column factor per head
+straight on V's strides, a custom autograd function), the einsum form on timm's B x N x H x d layout, and
+the grid form (V copied to B x H x rows x d x cols, each factor one batched GEMM); the last two use plain
+autograd.
 
-Prints, per shape, einsum time / fast-path time (median of interleaved repeats), forward and training step.
+Prints, per shape, each form's time / fast-path time (median of interleaved repeats), forward and training step.
 
     python benchmarks/bench_gpsa_layout.py --threads 1
 """
@@ -33,6 +35,22 @@ def einsum_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Te
     return layer.proj(out.reshape(B, N, C))
 
 
+def grid_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    B, N, C = x.shape
+    H, d = layer.num_heads, C // layer.num_heads
+    rows, cols = grid
+    weight = torch.cat((layer.qk.weight, layer.v.weight))
+    q, k, v = F.linear(x, weight).view(B, N, 3, H, d).unbind(2)
+    content = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    gate = layer.gate()
+    p_rows, p_cols = layer._separable_positional(grid)
+    v_grid = v.view(B, rows, cols, H, d).permute(0, 3, 1, 4, 2).contiguous()  # B x H x rows x d x cols
+    t = torch.matmul(v_grid.view(B, H, rows * d, cols), (p_cols * gate.view(H, 1, 1)).transpose(1, 2))
+    pos = torch.matmul(p_rows, t.view(B, H, rows, d * cols)).view(B, H, rows, d, cols).permute(0, 2, 4, 1, 3)
+    content = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
+    return layer.proj(torch.addcmul(pos, content, (1 - gate).view(1, 1, 1, H, 1)).reshape(B, N, C))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -48,7 +66,11 @@ def main(argv=None) -> None:
         forms = {
             "fast": lambda x, layer=layer, grid=grid: layer(x, grid),
             "einsum": lambda x, layer=layer, grid=grid: einsum_form(layer, x, grid),
+            "grid": lambda x, layer=layer, grid=grid: grid_form(layer, x, grid),
         }
+        with torch.no_grad():
+            for key in ("einsum", "grid"):
+                torch.testing.assert_close(forms[key](x), forms["fast"](x), rtol=1e-4, atol=1e-5)
         for mode in ("forward", "training step"):
             times = {key: [] for key in forms}
             for _ in range(args.repeats):
@@ -60,8 +82,9 @@ def main(argv=None) -> None:
                     else:
                         form(x).sum().backward()
                     times[key].append(time.perf_counter() - start)
-            ratio = statistics.median(times["einsum"][2:]) / statistics.median(times["fast"][2:])
-            print(f"{name}, batch {batch}, {mode}: einsum time / fast time = {ratio:.2f}", flush=True)
+            fast = statistics.median(times["fast"][2:])
+            ratios = ", ".join(f"{key} {statistics.median(times[key][2:]) / fast:.2f}" for key in ("einsum", "grid"))
+            print(f"{name}, batch {batch}, {mode}: time / fast-path time: {ratios}", flush=True)
 
 
 if __name__ == "__main__":

@@ -184,20 +184,21 @@ class GPSA(nn.Module):
         v = v.view(B, rows, cols, H, d)
         if torch.jit.is_scripting():
             return _mix_einsum(v, content, p_rows, p_cols, keep).reshape(B, N, C)
-        if _is_exporting():  # graphs others run (with or without autograd): plain functional ops
-            return _mix(v, content, p_rows, p_cols, keep, write_out=False).reshape(B, N, C)
+        if _is_tracing():  # graphs others run or fuse: plain functional ops
+            return _mix_einsum(v, content, p_rows, p_cols, keep).reshape(B, N, C)
         if torch.is_grad_enabled():
             return _PositionalMix.apply(v, content, p_rows, p_cols, keep).reshape(B, N, C)
         return _mix(v, content, p_rows, p_cols, keep).reshape(B, N, C)
 
 
-def _is_exporting() -> bool:
-    """True while torch.export, the ONNX exporters or an FX tracer (torchvision's feature extractor) trace:
-    they get plain functional ops, not the autograd.Function nor an ``out=`` argument."""
+def _is_tracing() -> bool:
+    """True while torch.compile, torch.export, the ONNX exporters or an FX tracer (torchvision's feature
+    extractor) trace: they get plain functional ops, not the autograd.Function, its loop over heads nor an
+    ``out=`` argument (inductor fuses the functional form itself)."""
     # is_fx_tracing() warns on every first call in torch >= 2.9; is_fx_symbolic_tracing() is its quiet twin
     fx = torch.fx._symbolic_trace
     fx_tracing = getattr(fx, "is_fx_symbolic_tracing", fx.is_fx_tracing)()
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or fx_tracing
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or fx_tracing
 
 
 def _mix_einsum(
@@ -210,56 +211,43 @@ def _mix_einsum(
     return torch.addcmul(pos, content.transpose(1, 2).reshape(B, rows, cols, H, d), keep.view(1, 1, 1, H, 1))
 
 
-def _v_grid(v: torch.Tensor) -> torch.Tensor:
-    """V (B x rows x cols x H x d, any strides) copied to B x H x rows x d x cols: the layout both factors act on."""
-    return v.permute(0, 3, 1, 4, 2).contiguous()
-
-
-def _apply_cols(v_grid: torch.Tensor, p_cols: torch.Tensor) -> torch.Tensor:
-    """Column factor: every (image, head) is one (rows*d x cols) @ (cols x cols) GEMM, no copy."""
-    B, H, rows, d, cols = v_grid.shape
-    return torch.matmul(v_grid.view(B, H, rows * d, cols), p_cols.transpose(1, 2)).view(B, H, rows, d, cols)
+def _apply_cols(v: torch.Tensor, p_cols: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Column factor into ``out`` (H x B x rows x cols x d), straight from V's own strides (B x rows x cols x H x d,
+    rows of the grid contiguous in memory as in the qkv output): per head, one batched GEMM
+    ``p_cols[h] @ V[b, r, :, h, :]`` over every grid row of every image, so V is never copied."""
+    B, rows, cols, H, d = v.shape
+    per_row, flat_out = v.reshape(B * rows, cols, H, d), out.view(H, B * rows, cols, d)
+    for h in range(H):
+        torch.matmul(p_cols[h], per_row[:, :, h], out=flat_out[h])
+    return out
 
 
 def _apply_rows(t: torch.Tensor, p_rows: torch.Tensor) -> torch.Tensor:
-    """Row factor: every (image, head) is one (rows x rows) @ (rows x d*cols) GEMM, no copy."""
-    B, H, rows, d, cols = t.shape
-    return torch.matmul(p_rows, t.view(B, H, rows, d * cols)).view(B, H, rows, d, cols)
+    """Row factor on H x B x rows x cols x d: every (head, image) is one (rows x rows) @ (rows x cols*d) GEMM."""
+    H, B, rows, cols, d = t.shape
+    return torch.matmul(p_rows[:, None], t.view(H, B, rows, cols * d)).view(H, B, rows, cols, d)
 
 
-def _mix(
-    v: torch.Tensor,
-    content: torch.Tensor,
-    p_rows: torch.Tensor,
-    p_cols: torch.Tensor,
-    keep: torch.Tensor,
-    write_out: bool = True,
-) -> torch.Tensor:
+def _mix(v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, keep: torch.Tensor):
     """``keep_h * content_h + (p_rows_h (x) p_cols_h) v_h``, returned as B x rows x cols x H x d (contiguous).
 
-    Why this form: with V copied once into B x H x rows x d x cols, the column factor is a right-multiplication
-    of a (rows*d x cols) matrix and the row factor a left-multiplication of a (rows x d*cols) one, so each
-    factor is one batched GEMM over B*H matrices with no copy in between, and the one pass that mixes in
-    the content term also writes the result back in token-major order. ``_mix_einsum`` on timm's
-    B x N x H x d layout instead makes fewer, larger GEMMs (batched over H only) but permutes V before and
-    after each factor. Measured per layer (benchmarks/bench_gpsa_layout.py), loaded 2-core CPU, 1 thread
-    (einsum time / this time, forward; forward+backward): ConViT-Ti 224 0.92; 1.01, ConViT-S 224 1.03; 0.94, ConViT-Ti 384 1.02; 0.97, i.e.
-    the same speed within noise; this form is kept because its backward needs only V (see _PositionalMix),
-    which the einsum form's permuted copies do not allow without recomputing them.
+    Why this form: the column factor reads V where the qkv GEMM left it (one batched GEMM per head, no copy of
+    V), its head-major output is exactly the (rows x cols*d) matrix the row factor multiplies, and the one
+    pass that mixes in the content term writes token-major order into the column factor's buffer, free by
+    then: two new B x N x C tensors per layer, where copying V into a grid layout first took four, and on a
+    CPU each fresh tensor also pays for page faults. benchmarks/bench_gpsa_layout.py measures this form beside
+    that grid form and the einsum form on timm's layout (``_mix_einsum``, which permutes V around each factor).
     """
     B, rows, cols, H, d = v.shape
-    pos = _apply_rows(_apply_cols(_v_grid(v), p_cols), p_rows).permute(0, 2, 4, 1, 3)
+    buffer = torch.empty((H, B, rows, cols, d), dtype=v.dtype, device=v.device)
+    pos = _apply_rows(_apply_cols(v, p_cols, out=buffer), p_rows).permute(1, 2, 3, 0, 4)
     content = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
-    if not write_out or torch.compiler.is_compiling():  # functional form for exporters, tracers and inductor
-        return torch.addcmul(pos, content, keep.view(1, 1, 1, H, 1)).contiguous()
-    # written straight into token-major order (addcmul alone would follow pos's layout, then need a copy)
-    out = torch.empty((B, rows, cols, H, d), dtype=pos.dtype, device=pos.device)
-    return torch.addcmul(pos, content, keep.view(1, 1, 1, H, 1), out=out)
+    return torch.addcmul(pos, content, keep.view(1, 1, 1, H, 1), out=buffer.view(B, rows, cols, H, d))
 
 
 class _PositionalMix(torch.autograd.Function):
     """``_mix`` with a backward that saves only V and the content output (both already kept by SDPA's own
-    backward, so no new activation) and the small factors; the intermediate V p_cols^T is recomputed."""
+    backward, so no new activation) and the small factors; the column factor's output is recomputed."""
 
     @staticmethod
     def forward(ctx, v, content, p_rows, p_cols, keep):
@@ -271,30 +259,36 @@ class _PositionalMix(torch.autograd.Function):
         v, content, p_rows, p_cols, keep = ctx.saved_tensors
         B, rows, cols, H, d = v.shape
         grad_v = grad_content = grad_rows = grad_cols = grad_keep = None
-        if ctx.needs_input_grad[1]:  # B x H x N x d, as the SDPA output it came from
+        # SDPA returns its B x H x N x d output in token-major memory, the order of grad_out: no permuted copies here
+        token_major = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
+        if ctx.needs_input_grad[1]:
             grad_content = (grad_out * keep.view(1, 1, 1, H, 1)).permute(0, 3, 1, 2, 4).reshape(B, H, rows * cols, d)
         if ctx.needs_input_grad[4]:
-            token_major = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
-            grad_keep = (grad_out * token_major).sum(dim=(0, 1, 2, 4))
+            grad_keep = (grad_out * token_major).sum(dim=(0, 1, 2, 4), dtype=torch.float32).to(keep.dtype)
         if any(ctx.needs_input_grad[i] for i in (0, 2, 3)):
-            grad_pos = _v_grid(grad_out)  # B x H x rows x d x cols
+            grad_pos = grad_out.permute(3, 0, 1, 2, 4).contiguous()  # H x B x rows x cols x d
             grad_t = _apply_rows(grad_pos, p_rows.transpose(1, 2))  # through pos = p_rows @ t
-            v_grid = _v_grid(v)
             if ctx.needs_input_grad[2]:
-                t = _apply_cols(v_grid, p_cols)
-                flat = (B, H, rows, d * cols)
+                t = _apply_cols(v, p_cols, out=torch.empty_like(grad_pos))
+                flat = (H, B, rows, cols * d)
                 grad_rows = torch.matmul(grad_pos.view(flat), t.view(flat).transpose(-1, -2)).sum(
-                    0, dtype=torch.float32
+                    1, dtype=torch.float32
                 )
                 grad_rows = grad_rows.to(p_rows.dtype)
-            if ctx.needs_input_grad[3]:  # through t = v_grid @ p_cols^T
-                flat = (B, H, rows * d, cols)
-                grad_cols = torch.matmul(grad_t.view(flat).transpose(-1, -2), v_grid.view(flat)).sum(
-                    0, dtype=torch.float32
+            per_row = v.reshape(B * rows, cols, H, d)
+            flat_grad_t = grad_t.view(H, B * rows, cols, d)
+            if ctx.needs_input_grad[3]:  # through t[h, b, r] = p_cols[h] @ v[b, r, :, h]
+                grad_cols = torch.stack(
+                    [
+                        torch.matmul(flat_grad_t[h], per_row[:, :, h].transpose(1, 2)).sum(0, dtype=torch.float32)
+                        for h in range(H)
+                    ]
+                ).to(p_cols.dtype)
+            if ctx.needs_input_grad[0]:  # written over grad_pos, no longer needed; a view in V's shape
+                grad_v = torch.matmul(
+                    p_cols.transpose(1, 2)[:, None], flat_grad_t, out=grad_pos.view(flat_grad_t.shape)
                 )
-                grad_cols = grad_cols.to(p_cols.dtype)
-            if ctx.needs_input_grad[0]:
-                grad_v = _apply_cols(grad_t, p_cols.transpose(1, 2)).permute(0, 2, 4, 1, 3)
+                grad_v = grad_v.view(H, B, rows, cols, d).permute(1, 2, 3, 0, 4)
         return grad_v, grad_content, grad_rows, grad_cols, grad_keep
 
 

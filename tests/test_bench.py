@@ -105,8 +105,8 @@ def test_gpu_check_script_parses_and_uses_flags_that_exist():
     assert train_flags and train_flags <= allowed, train_flags
 
 
-def test_layout_benchmark_compares_two_forms_of_the_same_layer():
-    """benchmarks/bench_gpsa_layout.py: its einsum form computes what the layer does, and it runs (3 repeats)."""
+def test_layout_benchmark_compares_three_forms_of_the_same_layer():
+    """benchmarks/bench_gpsa_layout.py: its einsum and grid forms compute what the layer does, and it runs."""
     import importlib.util
 
     import torch
@@ -118,7 +118,8 @@ def test_layout_benchmark_compares_two_forms_of_the_same_layer():
     layer = bench.GPSA(32, 4)
     layer.local_init()
     x = torch.randn(2, 12, 32)
-    torch.testing.assert_close(bench.einsum_form(layer, x, (3, 4)), layer(x, (3, 4)), rtol=1e-5, atol=1e-6)
+    for form in (bench.einsum_form, bench.grid_form):
+        torch.testing.assert_close(form(layer, x, (3, 4)), layer(x, (3, 4)), rtol=1e-5, atol=1e-6)
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpsa_layout.py"), "--repeats", "3"],
         capture_output=True,
@@ -127,4 +128,4 @@ def test_layout_benchmark_compares_two_forms_of_the_same_layer():
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert len(lines) == 6 and all("einsum time / fast time = " in line for line in lines)
+    assert len(lines) == 6 and all("time / fast-path time: einsum " in line and ", grid " in line for line in lines)
