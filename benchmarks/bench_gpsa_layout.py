@@ -3,7 +3,9 @@ straight on V's strides, a custom autograd function), the einsum form on timm's 
 the grid form (V copied to B x H x rows x d x cols, each factor one batched GEMM); the last two use plain
 autograd.
 
-Prints, per shape, each form's time / fast-path time (median of interleaved repeats), forward and training step.
+Prints, per shape, each form's time / fast-path time (median of interleaved repeats), forward and training step,
+and beside them a timm ViT attention layer of the same width on the same patches plus a class token: its time /
+fast-path time is the speed ratio ours/ViT of the attention alone (the MLP, norms and embedding are shared).
 
     python benchmarks/bench_gpsa_layout.py --threads 1
 """
@@ -18,9 +20,16 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from timm.models.vision_transformer import Attention  # noqa: E402
+
 from convit.attention import GPSA, _mix_einsum  # noqa: E402
 
-SHAPES = (("ConViT-Ti 224", 16, 14, 192, 4), ("ConViT-S 224", 16, 14, 384, 6), ("ConViT-Ti 384", 16, 24, 192, 4))
+SHAPES = (
+    ("ConViT-Ti 224", 16, 14, 192, 4),
+    ("ConViT-S 224", 16, 14, 384, 6),
+    ("ConViT-Ti 384", 16, 24, 192, 4),
+    ("ConViT-S 384", 8, 24, 384, 6),
+)
 
 
 def einsum_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -62,11 +71,14 @@ def main(argv=None) -> None:
         layer = GPSA(width, heads)
         layer.local_init()
         x = torch.randn(batch, side * side, width, requires_grad=True)
+        with_class_token = torch.randn(batch, side * side + 1, width, requires_grad=True)
+        vit_attention = Attention(width, heads)
         grid = (side, side)
         forms = {
             "fast": lambda x, layer=layer, grid=grid: layer(x, grid),
             "einsum": lambda x, layer=layer, grid=grid: einsum_form(layer, x, grid),
             "grid": lambda x, layer=layer, grid=grid: grid_form(layer, x, grid),
+            "vit": lambda x, attention=vit_attention, tokens=with_class_token: attention(tokens),
         }
         with torch.no_grad():
             for key in ("einsum", "grid"):
@@ -84,7 +96,10 @@ def main(argv=None) -> None:
                     times[key].append(time.perf_counter() - start)
             fast = statistics.median(times["fast"][2:])
             ratios = ", ".join(f"{key} {statistics.median(times[key][2:]) / fast:.2f}" for key in ("einsum", "grid"))
-            print(f"{name}, batch {batch}, {mode}: time / fast-path time: {ratios}", flush=True)
+            vit = statistics.median(times["vit"][2:]) / fast
+            print(
+                f"{name}, batch {batch}, {mode}: time / fast-path time: {ratios}; ViT attention {vit:.2f}", flush=True
+            )
 
 
 if __name__ == "__main__":

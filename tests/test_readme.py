@@ -226,6 +226,10 @@ COVERED = {
     "--threads 1 --no-memory": (ELSEWHERE, "tests/test_bench.py"),
     "python benchmarks/bench_models.py --model convit_tiny --img-size 224 --batch 16 --repeats 7 --runs 3 --no-timm "
     "--threads 1 --no-memory --compile": (ELSEWHERE, "tests/test_bench.py"),
+    "python benchmarks/bench_gpsa_layout.py --threads 1": (
+        ELSEWHERE,
+        "tests/test_bench.py::test_layout_benchmark_compares_three_forms_of_the_same_layer",
+    ),
 }
 
 
