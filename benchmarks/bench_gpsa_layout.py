@@ -32,7 +32,9 @@ SHAPES = (
 )
 
 
-def einsum_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def _terms(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]):
+    """What every form mixes: V (B x rows x cols x H x d), the SDPA content output, both factors (the gate
+    folded into the column one) and 1 - gate."""
     B, N, C = x.shape
     H = layer.num_heads
     weight = torch.cat((layer.qk.weight, layer.v.weight))
@@ -40,24 +42,21 @@ def einsum_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Te
     content = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     gate = layer.gate()
     p_rows, p_cols = layer._separable_positional(grid)
-    out = _mix_einsum(v.view(B, *grid, H, C // H), content, p_rows, p_cols * gate.view(H, 1, 1), 1 - gate)
-    return layer.proj(out.reshape(B, N, C))
+    return v.view(B, *grid, H, C // H), content, p_rows, p_cols * gate.view(H, 1, 1), 1 - gate
+
+
+def einsum_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    return layer.proj(_mix_einsum(*_terms(layer, x, grid)).reshape(x.shape))
 
 
 def grid_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    B, N, C = x.shape
-    H, d = layer.num_heads, C // layer.num_heads
-    rows, cols = grid
-    weight = torch.cat((layer.qk.weight, layer.v.weight))
-    q, k, v = F.linear(x, weight).view(B, N, 3, H, d).unbind(2)
-    content = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    gate = layer.gate()
-    p_rows, p_cols = layer._separable_positional(grid)
-    v_grid = v.view(B, rows, cols, H, d).permute(0, 3, 1, 4, 2).contiguous()  # B x H x rows x d x cols
-    t = torch.matmul(v_grid.view(B, H, rows * d, cols), (p_cols * gate.view(H, 1, 1)).transpose(1, 2))
+    v, content, p_rows, p_cols, keep = _terms(layer, x, grid)
+    B, rows, cols, H, d = v.shape
+    v_grid = v.permute(0, 3, 1, 4, 2).contiguous()  # B x H x rows x d x cols
+    t = torch.matmul(v_grid.view(B, H, rows * d, cols), p_cols.transpose(1, 2))
     pos = torch.matmul(p_rows, t.view(B, H, rows, d * cols)).view(B, H, rows, d, cols).permute(0, 2, 4, 1, 3)
     content = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
-    return layer.proj(torch.addcmul(pos, content, (1 - gate).view(1, 1, 1, H, 1)).reshape(B, N, C))
+    return layer.proj(torch.addcmul(pos, content, keep.view(1, 1, 1, H, 1)).reshape(x.shape))
 
 
 def main(argv=None) -> None:

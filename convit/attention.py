@@ -262,10 +262,10 @@ class _PositionalMix(torch.autograd.Function):
         B, rows, cols, H, d = v.shape
         grad_v = grad_content = grad_rows = grad_cols = grad_keep = None
         # SDPA returns its B x H x N x d output in token-major memory, the order of grad_out: no permuted copies here
-        token_major = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
         if ctx.needs_input_grad[1]:
             grad_content = (grad_out * keep.view(1, 1, 1, H, 1)).permute(0, 3, 1, 2, 4).reshape(B, H, rows * cols, d)
         if ctx.needs_input_grad[4]:
+            token_major = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
             grad_keep = (grad_out * token_major).sum(dim=(0, 1, 2, 4), dtype=torch.float32).to(keep.dtype)
         if any(ctx.needs_input_grad[i] for i in (0, 2, 3)):
             grad_pos = grad_out.permute(3, 0, 1, 2, 4).contiguous()  # H x B x rows x cols x d

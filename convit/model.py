@@ -293,7 +293,8 @@ class ConViT(nn.Module):
         if self.use_pos_embed:
             x = resample_pos_embed(self.pos_embed, grid_size, self.trained_grid) + x
         # token-major: left in the convolution's channel-major strides, every residual add and LayerNorm of the
-        # GPSA blocks (which run before the class token's concatenation makes a copy) works on strided memory
+        # GPSA blocks (which run before the class token's concatenation makes a copy) works on strided memory.
+        # The sum above takes its first operand's token-major layout, so contiguous() copies only without it.
         return self.pos_drop(x.contiguous()), grid_size
 
     def join_class_token(self, index: int, x: torch.Tensor) -> torch.Tensor:
