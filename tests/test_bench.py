@@ -129,4 +129,6 @@ def test_layout_benchmark_compares_three_forms_of_the_same_layer():
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 8
-    assert all("time / fast-path time: einsum " in line and "; ViT attention " in line for line in lines)
+    assert all(
+        "time / fast-path time: einsum " in line and ", grid " in line and "; ViT attention " in line for line in lines
+    )
