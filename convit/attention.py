@@ -237,8 +237,8 @@ def _mix(v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: t
     then: two new B x N x C tensors per layer, where copying V into a grid layout first took four (each one
     memory traffic a ViT attention does not have). benchmarks/bench_gpsa_layout.py measures this form beside
     that grid form and the einsum form on timm's layout (``_mix_einsum``, which permutes V around each factor):
-    their forward time / this form's, ConViT-Ti/S at 224 and 384, 1 and 2 threads, 2-core CPU: grid 0.99-1.09,
-    einsum 1.01-1.10; a training step (theirs with plain autograd, keeping their intermediates) 0.95-1.02.
+    their forward time / this form's, ConViT-Ti/S at 224 and 384, 1 and 2 threads, 2-core CPU: grid 1.03-1.23,
+    einsum 1.01-1.07; a training step (theirs with plain autograd, keeping their intermediates) 0.98-1.09.
     """
     B, rows, cols, H, d = v.shape
     buffer = torch.empty((H, B, rows, cols, d), dtype=v.dtype, device=v.device)
