@@ -156,8 +156,7 @@ def test_positional_mix_gradcheck_float64():
     content = torch.randn(B, H, rows * cols, d, dtype=torch.float64)
     p_rows = torch.rand(H, rows, rows, dtype=torch.float64).softmax(-1)
     p_cols = torch.rand(H, cols, cols, dtype=torch.float64).softmax(-1)
-    keep = torch.rand(H, dtype=torch.float64)
-    inputs = [t.requires_grad_(True) for t in (v, content, p_rows, p_cols, keep)]
+    inputs = [t.requires_grad_(True) for t in (v, content, p_rows, p_cols)]
     assert torch.autograd.gradcheck(_PositionalMix.apply, inputs)
 
 
@@ -168,8 +167,7 @@ def test_positional_mix_equals_the_einsum_form():
     v = torch.randn(B, rows, cols, H, d)
     content = torch.randn(B, H, rows * cols, d)
     p_rows, p_cols = torch.rand(H, rows, rows), torch.rand(H, cols, cols)
-    keep = torch.rand(H)
-    torch.testing.assert_close(_mix(v, content, p_rows, p_cols, keep), _mix_einsum(v, content, p_rows, p_cols, keep))
+    torch.testing.assert_close(_mix(v, content, p_rows, p_cols), _mix_einsum(v, content, p_rows, p_cols))
 
 
 def test_fast_path_saves_no_more_than_sdpa_and_the_projections():
