@@ -225,10 +225,13 @@ def _apply_cols(v: torch.Tensor, p_cols: torch.Tensor, out: torch.Tensor) -> tor
     return out
 
 
-def _apply_rows(t: torch.Tensor, p_rows: torch.Tensor) -> torch.Tensor:
+def _apply_rows(t: torch.Tensor, p_rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Row factor on H x B x rows x cols x d: every (head, image) is one (rows x rows) @ (rows x cols*d) GEMM."""
     H, B, rows, cols, d = t.shape
-    return torch.matmul(p_rows[:, None], t.view(H, B, rows, cols * d)).view(H, B, rows, cols, d)
+    if out is None:
+        return torch.matmul(p_rows[:, None], t.view(H, B, rows, cols * d)).view(H, B, rows, cols, d)
+    torch.matmul(p_rows[:, None], t.view(H, B, rows, cols * d), out=out.view(H, B, rows, cols * d))
+    return out
 
 
 def _mix(v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor) -> torch.Tensor:
@@ -265,28 +268,26 @@ class _PositionalMix(torch.autograd.Function):
         if ctx.needs_input_grad[1]:  # a view: SDPA returns its B x H x N x d output in token-major memory too
             grad_content = grad_out.permute(0, 3, 1, 2, 4).reshape(B, H, rows * cols, d)
         if any(ctx.needs_input_grad[i] for i in (0, 2, 3)):
+            # three token-sized buffers, each reused once its contents are spent
             grad_pos = grad_out.permute(3, 0, 1, 2, 4).contiguous()  # H x B x rows x cols x d
-            grad_t = _apply_rows(grad_pos, p_rows.transpose(1, 2))  # through pos = p_rows @ t
-            flat_grad_t = grad_t.view(H, B * rows, cols, d)
-            if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-                # a head-major copy of V: the column factor and its gradient then run as one batched GEMM over
-                # contiguous (cols x d) blocks, faster than one strided GEMM per head by more than the copy
-                v_heads = v.permute(3, 0, 1, 2, 4).reshape(H, B * rows, cols, d).contiguous()
-            if ctx.needs_input_grad[2]:
-                t = torch.matmul(p_cols[:, None], v_heads)  # the column factor's output, recomputed
+            # a head-major copy of V: the column factor and its gradient then run as one batched GEMM over
+            # contiguous (cols x d) blocks, faster than one strided GEMM per head by more than the copy
+            v_heads = v.permute(3, 0, 1, 2, 4).reshape(H, B * rows, cols, d).contiguous()
+            buffer = torch.matmul(p_cols[:, None], v_heads)  # t = the column factor's output, recomputed
+            if ctx.needs_input_grad[2]:  # through pos = p_rows @ t
                 flat = (H, B, rows, cols * d)
-                grad_rows = torch.matmul(grad_pos.view(flat), t.view(flat).transpose(-1, -2)).sum(
+                grad_rows = torch.matmul(grad_pos.view(flat), buffer.view(flat).transpose(-1, -2)).sum(
                     1, dtype=torch.float32
                 )
                 grad_rows = grad_rows.to(p_rows.dtype)
+            grad_t = _apply_rows(grad_pos, p_rows.transpose(1, 2), out=buffer.view(grad_pos.shape))
+            flat_grad_t = grad_t.view(H, B * rows, cols, d)
             if ctx.needs_input_grad[3]:  # through t[h, b, r] = p_cols[h] @ v[b, r, :, h]
                 blocks = (H * B * rows, cols, d)
-                grad_cols = torch.bmm(flat_grad_t.reshape(blocks), v_heads.view(blocks).transpose(1, 2))
+                grad_cols = torch.bmm(flat_grad_t.view(blocks), v_heads.view(blocks).transpose(1, 2))
                 grad_cols = grad_cols.view(H, B * rows, cols, cols).sum(1, dtype=torch.float32).to(p_cols.dtype)
-            if ctx.needs_input_grad[0]:  # written over grad_pos, no longer needed; a view in V's shape
-                grad_v = torch.matmul(
-                    p_cols.transpose(1, 2)[:, None], flat_grad_t, out=grad_pos.view(flat_grad_t.shape)
-                )
+            if ctx.needs_input_grad[0]:  # a view in V's shape
+                grad_v = torch.matmul(p_cols.transpose(1, 2)[:, None], flat_grad_t, out=v_heads)
                 grad_v = grad_v.view(H, B, rows, cols, d).permute(1, 2, 3, 0, 4)
         return grad_v, grad_content, grad_rows, grad_cols
 
