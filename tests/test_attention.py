@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from timm.models.convit import GPSA as TimmGPSA
@@ -205,6 +207,24 @@ def test_fast_path_equals_reference_path_under_autocast(grid):
             continue
         scale = g_r[name].float().abs().max().clamp_min(1e-3)
         assert (g_f[name].float() - g_r[name].float()).abs().max() / scale < 5e-2, name
+
+
+def test_folded_gate_is_as_accurate_as_the_reference_path_with_saturated_gates():
+    """The fast path folds 1 - gate into V's weights and exp(gating_param) into the column factor: under bf16
+    autocast, with gates near 0 and 1, its error against float64 stays within the reference path's own."""
+    torch.manual_seed(0)
+    fast = perturbed_gpsa(64, 4)
+    with torch.no_grad():
+        fast.gating_param.copy_(torch.tensor([9.0, 5.0, -9.0, 1.0]))
+    ref = GPSA(64, 4, fused_attn=False)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(4, 36, 64)
+    with torch.no_grad():
+        exact = copy.deepcopy(ref).double()(x.double(), (6, 6))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast_error = (fast(x, (6, 6)).double() - exact).abs().max()
+            reference_error = (ref(x, (6, 6)).double() - exact).abs().max()
+    assert fast_error <= 1.25 * reference_error, (fast_error, reference_error)
 
 
 def test_compiled_fast_path_equals_eager_in_inference_and_training():
