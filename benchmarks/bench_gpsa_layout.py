@@ -33,16 +33,16 @@ SHAPES = (
 
 
 def _terms(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]):
-    """What every form mixes, as the layer's fast path makes it: V (B x rows x cols x H x d) and the SDPA content
-    output, both from V's weights scaled by 1 - gate, and both factors (exp(lambda) folded into the column one)."""
+    """What every form mixes: V (B x rows x cols x H x d), the SDPA content output, both factors (the gate
+    folded into the column one) and 1 - gate."""
     B, N, C = x.shape
     H = layer.num_heads
-    keep = torch.sigmoid(-layer.gating_param).repeat_interleave(C // H)
-    weight = torch.cat((layer.qk.weight, layer.v.weight * keep[:, None]))
+    weight = torch.cat((layer.qk.weight, layer.v.weight))
     q, k, v = F.linear(x, weight).view(B, N, 3, H, C // H).unbind(2)
     content = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    gate = layer.gate()
     p_rows, p_cols = layer._separable_positional(grid)
-    return v.view(B, *grid, H, C // H), content, p_rows, p_cols * layer.gating_param.exp().view(H, 1, 1)
+    return v.view(B, *grid, H, C // H), content, p_rows, p_cols * gate.view(H, 1, 1), 1 - gate
 
 
 def einsum_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -50,13 +50,13 @@ def einsum_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Te
 
 
 def grid_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    v, content, p_rows, p_cols = _terms(layer, x, grid)
+    v, content, p_rows, p_cols, keep = _terms(layer, x, grid)
     B, rows, cols, H, d = v.shape
     v_grid = v.permute(0, 3, 1, 4, 2).contiguous()  # B x H x rows x d x cols
     t = torch.matmul(v_grid.view(B, H, rows * d, cols), p_cols.transpose(1, 2))
     pos = torch.matmul(p_rows, t.view(B, H, rows, d * cols)).view(B, H, rows, d, cols).permute(0, 2, 4, 1, 3)
     content = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
-    return layer.proj((pos + content).reshape(x.shape))
+    return layer.proj(torch.addcmul(pos, content, keep.view(1, 1, 1, H, 1)).reshape(x.shape))
 
 
 def main(argv=None) -> None:

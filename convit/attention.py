@@ -12,9 +12,7 @@ with r_ij = (dx, dy, dx^2 + dy^2) the offset from query patch i to key patch j. 
 the key grid factorises exactly into a row softmax times a column softmax: the positional attention is
 the Kronecker product ``P_rows (x) P_cols`` of two small matrices per head. The fast path applies it as
 two small matmuls over every image at once and never forms an N x N matrix; the content term goes
-through ``F.scaled_dot_product_attention`` with V's weights scaled by 1 - sigmoid(gate_h), and the column
-factor takes sigmoid(gate_h) / (1 - sigmoid(gate_h)) = exp(gate_h): the same product, without a pass that
-weights the content output. The reference path computes the formula literally.
+through ``F.scaled_dot_product_attention``. The reference path computes the formula literally.
 """
 
 import torch
@@ -171,29 +169,26 @@ class GPSA(nn.Module):
         B, N, C = x.shape
         rows, cols = grid_size
         H, d = self.num_heads, self.head_dim
-        # 1 - gate scales V's weights, so SDPA returns the content term already weighted: neither it nor the
-        # gate's gradient takes a pass over token-sized tensors, and the column factor takes
-        # gate / (1 - gate) = exp(gating_param)
-        keep = torch.sigmoid(-self.gating_param).repeat_interleave(d)
         # one GEMM for q, k and v (timm's parameter layout keeps qk and v apart)
-        weight = torch.cat((self.qk.weight, self.v.weight * keep[:, None].to(self.v.weight.dtype)))
+        weight = torch.cat((self.qk.weight, self.v.weight))
         bias = None
         if self.qk.bias is not None and self.v.bias is not None:
-            bias = torch.cat((self.qk.bias, self.v.bias * keep.to(self.v.bias.dtype)))
+            bias = torch.cat((self.qk.bias, self.v.bias))
         q, k, v = F.linear(x, weight, bias).view(B, N, 3, H, d).unbind(2)  # each B x N x H x d
         content = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
+        gate = self.gate()
         p_rows, p_cols = self._separable_positional(grid_size)
-        p_cols = p_cols * self.gating_param.float().exp().view(H, 1, 1)
-        p_rows, p_cols = p_rows.to(v.dtype), p_cols.to(v.dtype)
+        p_cols = p_cols * gate.view(H, 1, 1)  # folds the gate into the positional term
+        p_rows, p_cols, keep = p_rows.to(v.dtype), p_cols.to(v.dtype), (1.0 - gate).to(v.dtype)
         v = v.view(B, rows, cols, H, d)
         if torch.jit.is_scripting():
-            return _mix_einsum(v, content, p_rows, p_cols).reshape(B, N, C)
+            return _mix_einsum(v, content, p_rows, p_cols, keep).reshape(B, N, C)
         if _is_tracing():  # graphs others run or fuse: plain functional ops
-            return _mix_einsum(v, content, p_rows, p_cols).reshape(B, N, C)
+            return _mix_einsum(v, content, p_rows, p_cols, keep).reshape(B, N, C)
         if torch.is_grad_enabled():
-            return _PositionalMix.apply(v, content, p_rows, p_cols).reshape(B, N, C)
-        return _mix(v, content, p_rows, p_cols).reshape(B, N, C)
+            return _PositionalMix.apply(v, content, p_rows, p_cols, keep).reshape(B, N, C)
+        return _mix(v, content, p_rows, p_cols, keep).reshape(B, N, C)
 
 
 def _is_tracing() -> bool:
@@ -206,12 +201,14 @@ def _is_tracing() -> bool:
     return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or fx_tracing
 
 
-def _mix_einsum(v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor) -> torch.Tensor:
+def _mix_einsum(
+    v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
     """The positional mix as two einsums (TorchScript's path): same result as ``_mix``."""
     B, rows, cols, H, d = v.shape
     pos = torch.einsum("hcj,brjhd->brchd", p_cols, v)
     pos = torch.einsum("hri,bichd->brchd", p_rows, pos)
-    return pos + content.transpose(1, 2).reshape(B, rows, cols, H, d)
+    return torch.addcmul(pos, content.transpose(1, 2).reshape(B, rows, cols, H, d), keep.view(1, 1, 1, H, 1))
 
 
 def _apply_cols(v: torch.Tensor, p_cols: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -234,62 +231,74 @@ def _apply_rows(t: torch.Tensor, p_rows: torch.Tensor, out: torch.Tensor | None 
     return out
 
 
-def _mix(v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor) -> torch.Tensor:
-    """``content_h + (p_rows_h (x) p_cols_h) v_h``, returned as B x rows x cols x H x d (contiguous).
+def _mix(v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, keep: torch.Tensor):
+    """``keep_h * content_h + (p_rows_h (x) p_cols_h) v_h``, returned as B x rows x cols x H x d (contiguous).
 
     Why this form: the column factor reads V where the qkv GEMM left it (one batched GEMM per head, no copy of
     V), its head-major output is exactly the (rows x cols*d) matrix the row factor multiplies, and the one
-    pass that adds the content term writes token-major order into the column factor's buffer, free by
+    pass that mixes in the content term writes token-major order into the column factor's buffer, free by
     then: two new B x N x C tensors per layer, where copying V into a grid layout first took four (each one
     memory traffic a ViT attention does not have). benchmarks/bench_gpsa_layout.py measures this form beside
-    that grid form and the einsum form on timm's layout (``_mix_einsum``, which permutes V around each factor).
+    that grid form and the einsum form on timm's layout (``_mix_einsum``, which permutes V around each factor):
+    their forward time / this form's, ConViT-Ti/S at 224 and 384, 1 and 2 threads, 2-core CPU: grid 1.03-1.23,
+    einsum 1.01-1.07; a training step (theirs with plain autograd, keeping their intermediates) 0.98-1.09.
     """
     B, rows, cols, H, d = v.shape
     buffer = torch.empty((H, B, rows, cols, d), dtype=v.dtype, device=v.device)
     pos = _apply_rows(_apply_cols(v, p_cols, out=buffer), p_rows).permute(1, 2, 3, 0, 4)
     content = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
-    return torch.add(pos, content, out=buffer.view(B, rows, cols, H, d))
+    return torch.addcmul(pos, content, keep.view(1, 1, 1, H, 1), out=buffer.view(B, rows, cols, H, d))
 
 
 class _PositionalMix(torch.autograd.Function):
-    """``_mix`` with a backward that saves only V (already kept by SDPA's own backward, so no new activation) and
-    the small factors; the column factor's output is recomputed."""
+    """``_mix`` with a backward that saves only V and the content output (both already kept by SDPA's own
+    backward, so no new activation) and the small factors; the column factor's output is recomputed (from a
+    head-major copy of V made in the backward)."""
 
     @staticmethod
-    def forward(ctx, v, content, p_rows, p_cols):
-        ctx.save_for_backward(v, p_rows, p_cols)
-        return _mix(v, content, p_rows, p_cols)
+    def forward(ctx, v, content, p_rows, p_cols, keep):
+        ctx.save_for_backward(v, content, p_rows, p_cols, keep)
+        return _mix(v, content, p_rows, p_cols, keep)
 
     @staticmethod
     def backward(ctx, grad_out):
-        v, p_rows, p_cols = ctx.saved_tensors
+        v, content, p_rows, p_cols, keep = ctx.saved_tensors
         B, rows, cols, H, d = v.shape
-        grad_v = grad_content = grad_rows = grad_cols = None
-        if ctx.needs_input_grad[1]:  # a view: SDPA returns its B x H x N x d output in token-major memory too
-            grad_content = grad_out.permute(0, 3, 1, 2, 4).reshape(B, H, rows * cols, d)
+        grad_v = grad_content = grad_rows = grad_cols = grad_keep = None
+        # SDPA returns its B x H x N x d output in token-major memory, the order of grad_out: no permuted copies here
+        if ctx.needs_input_grad[1]:
+            grad_content = (grad_out * keep.view(1, 1, 1, H, 1)).permute(0, 3, 1, 2, 4).reshape(B, H, rows * cols, d)
+        if ctx.needs_input_grad[4]:
+            token_major = content.view(B, H, rows, cols, d).permute(0, 2, 3, 1, 4)
+            grad_keep = (grad_out * token_major).sum(dim=(0, 1, 2, 4), dtype=torch.float32).to(keep.dtype)
         if any(ctx.needs_input_grad[i] for i in (0, 2, 3)):
             # three token-sized buffers, each reused once its contents are spent
             grad_pos = grad_out.permute(3, 0, 1, 2, 4).contiguous()  # H x B x rows x cols x d
-            # a head-major copy of V: the column factor and its gradient then run as one batched GEMM over
-            # contiguous (cols x d) blocks, faster than one strided GEMM per head by more than the copy
-            v_heads = v.permute(3, 0, 1, 2, 4).reshape(H, B * rows, cols, d).contiguous()
-            buffer = torch.matmul(p_cols[:, None], v_heads)  # t = the column factor's output, recomputed
-            if ctx.needs_input_grad[2]:  # through pos = p_rows @ t
+            # a head-major copy of V (a buffer of its own: the permuted view can be V itself): the column factor
+            # and its gradient then run as one batched GEMM over contiguous (cols x d) blocks, faster than one
+            # strided GEMM per head by more than the copy costs
+            v_heads = torch.empty((H, B * rows, cols, d), dtype=v.dtype, device=v.device)
+            if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+                v_heads.copy_(v.permute(3, 0, 1, 2, 4).reshape(H, B * rows, cols, d))
+            if ctx.needs_input_grad[2]:  # through pos = p_rows @ t, t recomputed
+                buffer = torch.matmul(p_cols[:, None], v_heads)
                 flat = (H, B, rows, cols * d)
                 grad_rows = torch.matmul(grad_pos.view(flat), buffer.view(flat).transpose(-1, -2)).sum(
                     1, dtype=torch.float32
                 )
                 grad_rows = grad_rows.to(p_rows.dtype)
+            else:
+                buffer = torch.empty_like(grad_pos)
             grad_t = _apply_rows(grad_pos, p_rows.transpose(1, 2), out=buffer.view(grad_pos.shape))
             flat_grad_t = grad_t.view(H, B * rows, cols, d)
             if ctx.needs_input_grad[3]:  # through t[h, b, r] = p_cols[h] @ v[b, r, :, h]
                 blocks = (H * B * rows, cols, d)
                 grad_cols = torch.bmm(flat_grad_t.view(blocks), v_heads.view(blocks).transpose(1, 2))
                 grad_cols = grad_cols.view(H, B * rows, cols, cols).sum(1, dtype=torch.float32).to(p_cols.dtype)
-            if ctx.needs_input_grad[0]:  # a view in V's shape
+            if ctx.needs_input_grad[0]:  # into the spent copy of V; a view in V's shape
                 grad_v = torch.matmul(p_cols.transpose(1, 2)[:, None], flat_grad_t, out=v_heads)
                 grad_v = grad_v.view(H, B, rows, cols, d).permute(1, 2, 3, 0, 4)
-        return grad_v, grad_content, grad_rows, grad_cols
+        return grad_v, grad_content, grad_rows, grad_cols, grad_keep
 
 
 @register_notrace_module
