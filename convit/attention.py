@@ -225,8 +225,7 @@ def _apply_cols(v: torch.Tensor, p_cols: torch.Tensor, out: torch.Tensor) -> tor
 def _apply_rows(t: torch.Tensor, p_rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Row factor on H x B x rows x cols x d: every (head, image) is one (rows x rows) @ (rows x cols*d) GEMM."""
     H, B, rows, cols, d = t.shape
-    if out is None:
-        return torch.matmul(p_rows[:, None], t.view(H, B, rows, cols * d)).view(H, B, rows, cols, d)
+    out = torch.empty_like(t) if out is None else out
     torch.matmul(p_rows[:, None], t.view(H, B, rows, cols * d), out=out.view(H, B, rows, cols * d))
     return out
 
@@ -240,8 +239,8 @@ def _mix(v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: t
     then: two new B x N x C tensors per layer, where copying V into a grid layout first took four (each one
     memory traffic a ViT attention does not have). benchmarks/bench_gpsa_layout.py measures this form beside
     that grid form and the einsum form on timm's layout (``_mix_einsum``, which permutes V around each factor):
-    their forward time / this form's, ConViT-Ti/S at 224 and 384, 1 and 2 threads, 2-core CPU: grid 1.03-1.23,
-    einsum 1.01-1.07; a training step (theirs with plain autograd, keeping their intermediates) 0.98-1.09.
+    their forward time / this form's, ConViT-Ti/S at 224 and 384, 1 and 2 threads, 2-core CPU: grid 0.99-1.18,
+    einsum 0.97-1.14; a training step (theirs with plain autograd, keeping their intermediates) 0.94-1.03.
     """
     B, rows, cols, H, d = v.shape
     buffer = torch.empty((H, B, rows, cols, d), dtype=v.dtype, device=v.device)
