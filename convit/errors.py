@@ -24,7 +24,10 @@ def error_line(e: BaseException) -> str:
     name = type(e).__name__
     if line.startswith(f"{name}: ") or (f".{name}: " in line and line.split(":")[0].endswith(name)):
         line = line.split(": ", 1)[1]
-    return line
+    return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
+
+
+MAX_LINE = 600  # a value pasted into a message (a huge recipe entry) never makes a screenful
 
 
 def _first_to_report() -> bool:
@@ -32,15 +35,26 @@ def _first_to_report() -> bool:
 
     Ranks usually hit the same user error together (same recipe, same data); one line is enough.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "TORCHELASTIC_RUN_ID" not in os.environ:
         return True
-    run = os.environ.get("TORCHELASTIC_RUN_ID", "none") + "-" + os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    marker = os.path.join(tempfile.gettempdir(), f"convit-error-{os.getuid()}-{os.getppid()}-{run}")
+    # the launcher's pid and start time name this launch: a pid reused by a later launch gets a new marker
+    run = os.environ["TORCHELASTIC_RUN_ID"] + "-" + os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    launch = f"{os.getppid()}-{_start_time(os.getppid())}"
+    marker = os.path.join(tempfile.gettempdir(), f"convit-error-{os.getuid()}-{launch}-{run}")
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return False
     return True
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), or "" where /proc has none."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
 def run_entry_point(prog: str, main: Callable[..., Any], *args: Any) -> Any:
@@ -51,3 +65,6 @@ def run_entry_point(prog: str, main: Callable[..., Any], *args: Any) -> Any:
         if _first_to_report():
             print(f"{prog}: error: {error_line(e)}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)

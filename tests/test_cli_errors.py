@@ -1,11 +1,12 @@
 """Every bad input a user reported, through the real entry points: exit code 2, one line, nothing written."""
 
 import hashlib
+import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL, fails_in_one_line, make_image_folder, run_script
+from conftest import ROOT, TINY_MODEL, child_env, fails_in_one_line, make_image_folder, run_script
 
 sys.path.insert(0, str(ROOT))
 import eval as eval_script  # noqa: E402
@@ -46,8 +47,32 @@ def yes_epochs(tmp_path):
     return ["--config", tmp_path / "yes.yaml"]
 
 
+def duplicate_keys(tmp_path):
+    (tmp_path / "dup.yaml").write_text("epochs: 3\nlr: 0.1\nepochs: 5\n")
+    return ["--config", tmp_path / "dup.yaml"]
+
+
+def deeply_nested(tmp_path):
+    (tmp_path / "deep.yaml").write_text("model_kwargs: " + "[" * 20000 + "]" * 20000 + "\n")
+    return ["--config", tmp_path / "deep.yaml"]
+
+
+def huge_value(tmp_path):
+    (tmp_path / "huge.yaml").write_text("opt: " + "x" * 100_000 + "\n")
+    return ["--config", tmp_path / "huge.yaml"]
+
+
 TRAIN_CASES = [
-    (["--lr", "-1"], "lr must lie in (0, inf)"),
+    (["--lr", "-1"], "lr must lie in (0, 1000.0]"),
+    (["--lr", "1e39"], "lr must lie in (0, 1000.0], not 1e+39"),
+    (["--seed", str(2**70)], "seed must lie in [0, "),
+    (["--aa", "garbage"], "aa 'garbage' is not an augmentation timm knows"),
+    (["--mlp-ratio", "abc"], "model argument mlp_ratio must be a number, not 'abc'"),
+    (["--num-workers", "100000"], "num_workers must lie in [0, 1024]"),
+    (["--stop-signals", "TERM,KILL"], "stop_signals must list signals among TERM, INT, USR1, USR2"),
+    (duplicate_keys, "key 'epochs' appears twice (line 3)"),
+    (deeply_nested, "nested too deeply"),
+    (huge_value, "unknown optimizer 'xxxxx"),
     (["--lr", "nan"], "lr must lie in"),
     (["--opt", "nonsense"], "unknown optimizer 'nonsense'"),
     (["--sched", "nonsense"], "sched must be one of"),
@@ -82,7 +107,31 @@ def test_train_bad_input(tmp_path, capsys, args, message):
     argv = [str(folder if a == "FOLDER" else a) for a in args] + ["--output-dir", str(out), "--progress", "false"]
     line = fails_in_one_line(capsys, "train.py", train_script.main, argv)
     assert message in line, line
+    assert len(line) < 700
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "launcher_env", [{"WORLD_SIZE": "2", "RANK": "0"}, {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "localhost"}]
+)
+def test_distributed_variables_left_in_the_shell(tmp_path, launcher_env):
+    env = {**child_env(), **launcher_env}
+    for _ in range(2):  # the second error from the same shell is reported too
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *DIGITS_TINY, "--output-dir", str(tmp_path / "o")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "no launcher started this process" in proc.stderr and "torchrun" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_empty_output_dir_is_refused(tmp_path, capsys):
+    line = fails_in_one_line(capsys, "train.py", train_script.main, [*DIGITS_TINY, "--output-dir", ""])
+    assert "--output-dir is empty" in line
 
 
 @pytest.mark.parametrize(

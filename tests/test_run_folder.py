@@ -3,8 +3,10 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 from convit.training.run_folder import (
     RunFolderError,
@@ -34,22 +36,62 @@ def test_a_previous_run_is_never_clobbered(tmp_path):
         check_output_dir(tmp_path / "notes.txt", resuming=False, overwrite=False)
 
 
-def test_lock_stops_a_second_run_and_replaces_a_dead_ones(tmp_path):
+def test_lock_stops_a_second_run_and_dies_with_its_holder(tmp_path):
     with RunLock(tmp_path) as lock:
+        assert lock.held
         assert lock_holder(tmp_path) == {"pid": os.getpid(), "host": socket.gethostname(), "alive": True}
-        with pytest.raises(RunFolderError, match=f"another run \\(pid {os.getpid()} on"):
+        with pytest.raises(RunFolderError, match=f"another run \\(pid {os.getpid()} on .*holds the lock .*\\.lock"):
             RunLock(tmp_path).acquire()
-        with pytest.raises(RunFolderError, match="another run"):
+        with pytest.raises(RunFolderError, match="delete that file"):
             check_output_dir(tmp_path, resuming=True, overwrite=False)
+        check_output_dir(tmp_path, resuming=True, overwrite=False, check_lock=False)  # the other ranks
     assert not (tmp_path / ".lock").exists()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(dead.stdout)
-    (tmp_path / ".lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
-    assert lock_holder(tmp_path)["alive"] is False
+    # a holder killed with -9 releases the OS lock: its file stays, and blocks nothing
+    code = f"from convit.training.run_folder import RunLock; RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); import time; time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=child_env())
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(RunFolderError, match=f"pid {holder.pid} on"):
+        check_output_dir(tmp_path, resuming=True, overwrite=False)
+    holder.kill()
+    holder.wait()
+    assert (tmp_path / ".lock").exists() and lock_holder(tmp_path) is None
+    RunLock(tmp_path).acquire().release()
+
+
+@pytest.mark.parametrize("owner", ["another host", "a reused pid", "pid 1", "garbage"])
+def test_a_lock_file_nobody_holds_never_blocks(tmp_path, owner):
+    info = {
+        "another host": {"pid": 12345, "host": "gpu-node-017"},
+        "a reused pid": {"pid": os.getpid(), "host": socket.gethostname()},
+        "pid 1": {"pid": 1, "host": socket.gethostname()},
+    }.get(owner)
+    (tmp_path / ".lock").write_text(json.dumps(info) if info else "\x00 not json")
+    assert lock_holder(tmp_path) is None
     check_output_dir(tmp_path, resuming=True, overwrite=False)
-    lock = RunLock(tmp_path).acquire()
-    assert lock.note == f"removed a stale lock of a dead run (pid {pid})"
-    lock.release()
+    with RunLock(tmp_path) as lock:
+        assert lock.held and json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_output_dirs_that_cannot_be_made_are_refused_first(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out, message in [
+        (tmp_path / "file" / "run", "is a file, so no folder can be made under it"),
+        (Path("/proc/convit-run"), "cannot write in '/proc'"),
+        (tmp_path / ("n" * 300), "longer than 255 bytes"),
+        ("", "--output-dir is empty"),
+    ]:
+        with pytest.raises(RunFolderError, match=message):
+            check_output_dir(out, resuming=False, overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_resume_auto_without_last_pth_keeps_the_previous_run(tmp_path):
+    (tmp_path / "config.yaml").write_text("a: 1\n")
+    check_output_dir(tmp_path, resuming=True, overwrite=False, resume_auto=True)  # never finished an epoch
+    (tmp_path / "best.pth").write_bytes(b"weights")
+    (tmp_path / "log.jsonl").write_text('{"epoch": 0}\n')
+    with pytest.raises(RunFolderError, match=r"--resume auto: .* \(config.yaml, log.jsonl, best.pth\) but no last.pth"):
+        check_output_dir(tmp_path, resuming=True, overwrite=False, resume_auto=True)
 
 
 def test_truncated_last_log_line_is_dropped_with_a_note(tmp_path):
@@ -72,3 +114,10 @@ def test_summary_csv(tmp_path):
     lines = (tmp_path / "summary.csv").read_text().splitlines()
     assert lines[0] == "epoch,lr,train_loss,val_acc1,epoch_time_s,train_images_per_s"
     assert lines[2].startswith("1,0.05,1.0,70.0")
+
+
+def test_log_with_bytes_that_are_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"epoch": 0}\n{"epoch": 1, "x": "\xff\xfe"}\n')
+    with pytest.raises(RunFolderError, match=r"log.jsonl:2 holds bytes that are not UTF-8"):
+        read_log(path, before_epoch=5)

@@ -1,15 +1,26 @@
-"""Training checkpoints: atomic saving and the state a run resumes from (reading is ``convit.weights``)."""
+"""Training checkpoints: atomic saving, the epoch end as one transaction, and the state a run resumes from
+(reading is ``convit.weights``).
 
+``last.pth`` is the record of a run: besides the training state it carries every log row and the epoch
+of the best weights. It is written first at each epoch end; ``best.pth``, ``log.jsonl`` and
+``summary.csv`` follow and can always be rebuilt from it, which a resume does when it finds them out
+of step (an interruption between those writes).
+"""
+
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
 import torch
 
-from ..weights import FORMAT, CheckpointError
+from ..errors import UserError
+from ..weights import FORMAT, CheckpointError, read_checkpoint
 from .config import Config, to_dict
+from .run_folder import read_log, write_summary
 
-__all__ = ["FORMAT", "check_resumable", "save_checkpoint", "training_state"]
+__all__ = ["FORMAT", "check_resumable", "repair_run_record", "save_checkpoint", "training_state", "write_log"]
 
 # What a resumed run must share with the run it continues (the weights, optimizer state and schedule
 # in last.pth were made for these).
@@ -34,10 +45,30 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_write_failure(e):
+            raise WriteFailed(
+                f"cannot write {path} ({_reason(e)}); the previous {path.name} is intact: free space, then "
+                "continue with --resume auto"
+            ) from None
         raise
+
+
+class WriteFailed(UserError):
+    """A run file could not be written (a full disk, a quota, a vanished mount)."""
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    # torch.save reports a short write as RuntimeError("... unexpected pos ..."), an OSError as itself
+    return isinstance(e, OSError) or (isinstance(e, RuntimeError) and "unexpected pos" in str(e))
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno is not None:
+        return os.strerror(e.errno)
+    return "the file system refused the write (a full disk?)" if "unexpected pos" in str(e) else str(e)[:120]
 
 
 def _umask() -> int:
@@ -76,3 +107,68 @@ def class_difference(stored: list[str], data: list[str]) -> str:
     diff = [(a, b) for a, b in zip(stored, data) if a != b]
     a, b = diff[0]
     return f"the checkpoint's classes differ from the data's at {len(diff)} place(s), e.g. '{a}' vs '{b}'"
+
+
+def jsonable(row):
+    """``row`` with NaN and infinities as null, so that every log line is valid JSON."""
+    if isinstance(row, dict):
+        return {k: jsonable(v) for k, v in row.items()}
+    if isinstance(row, (list, tuple)):
+        return [jsonable(v) for v in row]
+    if isinstance(row, float) and not math.isfinite(row):
+        return None
+    return row
+
+
+def write_log(out: Path, rows: list[dict]) -> None:
+    """``log.jsonl`` and ``summary.csv`` rewritten whole from ``rows`` (each through a temp file)."""
+    log = out / "log.jsonl"
+    tmp = log.with_name(f".{log.name}.tmp")
+    try:
+        tmp.write_text("".join(json.dumps(jsonable(r), allow_nan=False) + "\n" for r in rows))
+        os.replace(tmp, log)
+        write_summary(out / "summary.csv", rows)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(
+            f"cannot write the log in {out} ({os.strerror(e.errno) if e.errno else e}); last.pth holds it: "
+            "free space, then continue with --resume auto"
+        ) from None
+
+
+def best_weights(last: dict) -> dict:
+    """The ``best.pth`` of the epoch ``last`` holds: its weights without the training state."""
+    drop = ("optimizer", "scheduler", "scaler", "sampler", "num_updates", "log")
+    return {k: v for k, v in last.items() if k not in drop}
+
+
+def repair_run_record(out: Path, state: dict, start_epoch: int) -> tuple[list[dict], list[str]]:
+    """Make ``best.pth``, ``log.jsonl`` and ``summary.csv`` agree with ``last.pth`` (``state``): (the log rows,
+    notes of what was repaired). Checkpoints older than the log-carrying format keep the log file's rows."""
+    notes = []
+    rows = state.get("log")
+    if rows is None:
+        rows, note = read_log(out / "log.jsonl", start_epoch)
+        notes += [note] if note else []
+    else:
+        try:
+            on_disk, _ = read_log(out / "log.jsonl", start_epoch + 10**9)
+        except UserError:
+            on_disk = None
+        if on_disk != jsonable(rows):
+            have = {r.get("epoch") for r in on_disk or []}
+            missing = [r["epoch"] + 1 for r in rows if r["epoch"] not in have]
+            what = f"lacked epoch(s) {missing}" if missing and on_disk is not None else "was out of step or damaged"
+            notes.append(f"log.jsonl {what} (an interrupted epoch end); rebuilt it and summary.csv from last.pth")
+    best_epoch = state.get("best_epoch")
+    if best_epoch is not None and best_epoch == state.get("epoch"):
+        path = out / "best.pth"
+        try:
+            current = read_checkpoint(path).get("epoch") if path.is_file() else None
+        except CheckpointError:
+            current = None
+        if current != best_epoch:
+            save_checkpoint(best_weights(state), path)
+            notes.append(f"best.pth did not hold the best epoch ({best_epoch + 1}); rewrote it from last.pth")
+    write_log(out, rows)
+    return rows, notes

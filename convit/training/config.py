@@ -97,6 +97,7 @@ class Config:
     log_interval: int = 50
     tensorboard: bool = False  # also write TensorBoard scalars to OUTPUT_DIR/tensorboard
     locality_images: int = 64  # validation images whose locality goes into each epoch's log (0: off)
+    stop_signals: str = "TERM,INT,USR1"  # signals that stop the run after the current step (TERM, INT, USR1, USR2)
     # fine-tuning and transfer (convit/training/finetune.py)
     finetune: str | None = None  # start from these weights: a file (ours, timm's, the authors'), or "pretrained"
     pretrained_file: str | None = None  # with --finetune pretrained: timm's published weights read from this file
@@ -132,6 +133,7 @@ MODEL_FLAGS = (
 _RESERVED_KWARGS = {"img_size", "num_classes", "drop_rate", "drop_path_rate", "pretrained", "norm_layer"}
 # transfer datasets read from local files (convit/training/data.py), never downloaded
 DATASETS = ("cifar10", "cifar100", "flowers102", "stanford_cars", "inat2018", "inat2019")
+STOP_SIGNALS = ("TERM", "INT", "USR1", "USR2")
 CHOICES = {
     "data": ("auto", "digits", "imagefolder", *DATASETS),
     "freeze": ("none", "head_only", "attn_only", "gates", "pos_proj"),
@@ -145,20 +147,21 @@ CHOICES = {
 # (low, high, low inclusive, high inclusive) for every number with a range
 RANGES = {
     "sampling_ratio": (0, 1, False, True),
-    "num_workers": (0, math.inf, True, False),
+    "num_workers": (0, 1024, True, True),
+    "seed": (0, 2**63 - 2**32, True, False),
     "img_size": (1, math.inf, True, False),
     "drop": (0, 1, True, False),
     "drop_path": (0, 1, True, False),
     "epochs": (1, math.inf, True, False),
     "batch_size": (1, math.inf, True, False),
-    "lr": (0, math.inf, False, False),
+    "lr": (0, 1e3, False, True),
     "lr_base_batch": (0, math.inf, True, False),
     "weight_decay": (0, math.inf, True, False),
     "momentum": (0, 1, True, True),
     "clip_grad": (0, math.inf, False, False),
     "warmup_epochs": (0, math.inf, True, False),
-    "warmup_lr": (0, math.inf, True, False),
-    "min_lr": (0, math.inf, True, False),
+    "warmup_lr": (0, 1e3, True, True),
+    "min_lr": (0, 1e3, True, True),
     "color_jitter": (0, math.inf, True, False),
     "hflip": (0, 1, True, True),
     "crop_pct": (0, 1, False, True),
@@ -253,7 +256,7 @@ def coerce(name: str, value):
             return float(value)
         return kind(value)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config key '{name}': cannot use {value!r} ({e})") from None
+        raise ConfigError(f"config key '{name}': cannot use {_short(value)} ({str(e)[:80]})") from None
 
 
 def parse_kwargs(text: str) -> dict:
@@ -283,12 +286,43 @@ def model_arguments() -> set[str]:
 
 
 def check_model_kwargs(kwargs: dict, where: str) -> dict:
-    """``kwargs`` unchanged, or a ConfigError naming the first key ConViT does not take."""
+    """``kwargs`` unchanged, or a ConfigError naming the first key ConViT does not take or a value of the
+    wrong kind (a word where the default is a number, a number where it is a boolean)."""
+    from ..model import ConViT
+
     valid = model_arguments()
-    for key in kwargs:
+    defaults = {n: p.default for n, p in inspect.signature(ConViT).parameters.items()}
+    for key, value in kwargs.items():
         if key not in valid:
             raise ConfigError(f"{where}: {unknown_key_message(key, valid, 'model argument')}")
+        expected = _kind_of(defaults.get(key))
+        if expected and not _is_kind(value, expected):
+            raise ConfigError(f"{where}: model argument {key} must be {expected}, not {_short(value)}")
     return kwargs
+
+
+def _kind_of(default) -> str | None:
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    return None
+
+
+def _is_kind(value, kind: str) -> bool:
+    if kind == "true or false":
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return kind == "a number" or float(value).is_integer()
+
+
+def _short(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so that a huge recipe value never makes a huge message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ------------------------------------------------------------------------------------------- recipes
@@ -312,9 +346,27 @@ def find_config(name_or_path: str | Path) -> Path:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"key {_short(key, 40)} appears twice (line {line}); keep one of them")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_recipe(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except ConfigError as e:
+        raise ConfigError(f"config file '{path}': {e}") from None
+    except RecursionError:
+        raise ConfigError(f"config file '{path}' is nested too deeply to be a recipe; fix or replace it") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         problem = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"config file '{path}' is not valid YAML ({problem}); fix or replace it") from None
@@ -454,7 +506,7 @@ def validate(cfg: Config) -> Config:
     """Check every value's range and choice, and those that are jointly wrong; resolve ``data: auto``."""
     for name, choices in CHOICES.items():
         if getattr(cfg, name) not in choices:
-            raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {getattr(cfg, name)!r}")
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {_short(getattr(cfg, name))}")
     for name in RANGES:
         _check_range(name, getattr(cfg, name))
     if cfg.data == "auto":
@@ -497,14 +549,15 @@ def validate(cfg: Config) -> Config:
             close = difflib.get_close_matches(cfg.teacher, timm.list_models(), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ConfigError(
-                f"unknown teacher '{cfg.teacher}': neither a file nor a timm model name; {hint}see timm.list_models()"
+                f"unknown teacher {_short(cfg.teacher)}: neither a file nor a timm model name; {hint}see timm.list_models()"
             )
     from timm.optim import list_optimizers
 
     if cfg.opt.lower() not in list_optimizers():
         close = difflib.get_close_matches(cfg.opt.lower(), list_optimizers(), n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"unknown optimizer '{cfg.opt}'; {hint}see timm.optim.list_optimizers()")
+        raise ConfigError(f"unknown optimizer {_short(cfg.opt)}; {hint}see timm.optim.list_optimizers()")
+    check_auto_augment(cfg.aa)
     if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
         raise ConfigError("mixup/cutmix need an even --batch-size")
     if cfg.scale[0] > cfg.scale[1] or not 0 < cfg.scale[0] <= 1:
@@ -513,9 +566,31 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"ratio must be two numbers 0 < low <= high, not {cfg.ratio}")
     if cfg.resume is not None and cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise ConfigError(f"--resume '{cfg.resume}' not found; pass a last.pth, or --resume auto")
+    unknown = [n for n in cfg.stop_signals.split(",") if n.strip().upper().removeprefix("SIG") not in STOP_SIGNALS]
+    if unknown or not cfg.stop_signals.strip():
+        raise ConfigError(
+            f"stop_signals must list signals among {', '.join(STOP_SIGNALS)} (comma-separated), not "
+            f"{_short(cfg.stop_signals)}"
+        )
     if cfg.resume is not None and cfg.overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
     return cfg
+
+
+def check_auto_augment(aa: str | None) -> None:
+    """A ConfigError unless timm can build the augmentation ``aa`` names (None and "none" mean off)."""
+    if aa is None or str(aa).lower() == "none":
+        return
+    from timm.data import create_transform
+
+    try:
+        create_transform(32, is_training=True, auto_augment=str(aa))
+    except Exception as e:  # timm reports a bad policy as an assertion, a KeyError or a ValueError
+        detail = str(e).strip().splitlines()[0][:80] if str(e).strip() else type(e).__name__
+        raise ConfigError(
+            f"aa {_short(aa)} is not an augmentation timm knows ({detail}); use e.g. rand-m9-mstd0.5-inc1, "
+            "augmix-m5-w4-d2, original, v0, or none"
+        ) from None
 
 
 def budget(cfg: Config) -> tuple[int, float]:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..errors import UserError
 from .config import Config, ConfigError
 from .distributed import all_reduce_sum
 
@@ -211,6 +212,7 @@ def train_one_epoch(
     progress: bool = False,
     log_interval: int = 50,
     desc: str | None = None,
+    stop=None,
 ) -> dict:
     """One pass over ``loader``: the step loop of every training in this project.
 
@@ -219,6 +221,10 @@ def train_one_epoch(
     ``loss_fn(images, outputs, targets) -> (loss, {name: part})``, when given, replaces
     ``criterion(outputs, targets)`` (distillation needs the images); each part's global mean is
     returned as ``train_loss_<name>``.
+    A non-finite loss is found at the step where it appears (checked on the host every ``log_interval``
+    steps, so the device is not synchronised per step) and raises TrainingDiverged naming that step.
+    ``stop`` (a StopRequest), when given, is asked after every step; once it answers, the epoch ends
+    early and the result holds ``stopped`` (the signal) and ``stopped_at`` (the step).
     Returns the global mean training loss, each step's loss, the largest lr of the last step (the
     top layer's under layer decay), image count, time and update count.
     """
@@ -232,9 +238,11 @@ def train_one_epoch(
     n_images = 0
     start = time.perf_counter()
     bar = Progress(n_steps, (loader.batch_size or 0) * world_size, desc or f"epoch {epoch}", progress, log_interval)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
     optimizer.zero_grad(set_to_none=True)
     for step, (images, targets) in enumerate(loader):
         last_micro = (step + 1) % accum_steps == 0 or step == n_steps - 1
+        group = min(accum_steps, n_steps - step // accum_steps * accum_steps)  # the last group may be short
         if scheduler is not None and step % accum_steps == 0:
             scheduler.step_update(num_updates)
         images = images.to(device, non_blocking=True)
@@ -250,7 +258,7 @@ def train_one_epoch(
                     loss, parts = loss_fn(images, model(images), targets)
                     for name, value in parts.items():
                         part_sums[name] = part_sums.get(name, 0.0) + value.detach().double() * len(images)
-            scaled = loss / accum_steps if accum_steps > 1 else loss
+            scaled = loss / group if group > 1 else loss
             if loss_scaler is not None:
                 loss_scaler(
                     scaled,
@@ -271,16 +279,24 @@ def train_one_epoch(
             if ema is not None:
                 ema.update(model, step=num_updates)
         step_losses.append(loss.detach())
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
         loss_sum += loss.detach().double() * len(images)
         n_images += len(images)
+        if (step + 1) % log_interval == 0 or step == n_steps - 1:
+            _check_finite(first_bad, step_losses, epoch, n_steps)
         bar.update(step, len(images) * world_size, loss, scheduled_lr(optimizer))
+        signum = stop.at_step(step, device) if stop is not None else None
+        if signum is not None:
+            bar.close()
+            _check_finite(first_bad, step_losses, epoch, n_steps)
+            return {"stopped": signum, "stopped_at": step, "num_updates": num_updates}
     bar.close()
     names = sorted(part_sums)
     total_loss, total_images, *part_totals = all_reduce_sum(
         [loss_sum.item(), n_images, *(float(part_sums[k]) for k in names)], device
     )
     if not math.isfinite(total_loss):
-        raise FloatingPointError(f"training loss is {total_loss} in epoch {epoch}; lower --lr or set --clip-grad")
+        raise TrainingDiverged(f"training loss is {total_loss} in epoch {epoch + 1}; {_RESUME_HINT}")
     elapsed = time.perf_counter() - start
     return {
         "train_loss": total_loss / max(total_images, 1),
@@ -291,6 +307,34 @@ def train_one_epoch(
         "train_time_s": elapsed,
         "num_updates": num_updates,
     }
+
+
+class TrainingDiverged(UserError):
+    """The loss or the weights stopped being finite; nothing of the epoch is saved."""
+
+
+_RESUME_HINT = (
+    "nothing of this epoch was saved; continue from last.pth with --resume auto and a lower --lr or --clip-grad"
+)
+
+
+def _check_finite(first_bad: torch.Tensor, step_losses: list, epoch: int, n_steps: int) -> None:
+    """Raise TrainingDiverged if a step's loss was not finite (one host sync)."""
+    step = int(first_bad.item())
+    if step >= 0:
+        value = float(step_losses[step])
+        raise TrainingDiverged(
+            f"training loss is {value} at step {step + 1}/{n_steps} of epoch {epoch + 1}; {_RESUME_HINT}"
+        )
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers holding a NaN or an infinity (one host sync)."""
+    named = [(n, t) for n, t in model.state_dict().items() if t.is_floating_point()]
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    return [n for (n, _), ok in zip(named, flags) if not ok]
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """The output folder of a run: never clobbered, locked while a run writes to it, its log read back safely."""
 
 import csv
+import fcntl
 import json
 import os
 import socket
@@ -16,28 +17,59 @@ class RunFolderError(UserError):
     """An output folder that holds another run, or is in use."""
 
 
-def check_output_dir(out: Path, resuming: bool, overwrite: bool) -> None:
-    """Stop before anything is written when ``out`` holds a previous run that this one would destroy.
+def check_output_dir(
+    out: Path, resuming: bool, overwrite: bool, resume_auto: bool = False, check_lock: bool = True
+) -> None:
+    """Stop before anything is written when ``out`` cannot be a run folder, or holds a previous run that this
+    one would destroy. ``resume_auto``: ``--resume auto``, which starts afresh only in a folder without a run.
 
-    Read-only: every rank may call it.
+    Read-only: every rank may call it; only the rank that will take the lock should ``check_lock``.
     """
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"--output-dir '{out}' is a file; choose a folder")
-    held = lock_holder(out)
-    if held is not None and held["alive"]:
-        raise RunFolderError(
-            f"another run (pid {held['pid']} on {held['host']}) is writing to '{out}'; "
-            "wait for it to end or choose another --output-dir"
-        )
+    if not str(out).strip():
+        raise RunFolderError("--output-dir is empty; name a folder, e.g. --output-dir out/run1")
+    out = Path(out)
+    check_creatable(out)
+    held = lock_holder(out) if check_lock else None
+    if held is not None:
+        raise RunFolderError(_held_message(out, held))
     # a run that never finished an epoch (config.yaml and an empty log) leaves nothing worth keeping
     previous = [name for name in RUN_FILES if (out / name).exists() and (out / name).stat().st_size > 0]
     if previous == ["config.yaml"]:
         previous = []
+    if previous and resume_auto and "last.pth" not in previous:
+        raise RunFolderError(
+            f"--resume auto: '{out}' holds a previous run ({', '.join(previous)}) but no last.pth to continue "
+            "from; put last.pth back, replace the run with --overwrite, or choose another --output-dir"
+        )
     if previous and not resuming and not overwrite:
         raise RunFolderError(
             f"'{out}' holds a previous run ({', '.join(previous)}); continue it with --resume auto, "
             "replace it with --overwrite, or choose another --output-dir"
         )
+
+
+def check_creatable(out: Path) -> None:
+    """A one-line error unless ``out`` is a folder, or can be made one, that this process may write in."""
+    out = Path(out)
+    limit = 255
+    for part in out.parts:
+        if len(os.fsencode(part)) > limit:
+            raise RunFolderError(f"--output-dir: the name '{part[:40]}...' is longer than {limit} bytes; shorten it")
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--output-dir '{out}' is a file; choose a folder")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunFolderError(f"--output-dir '{out}': '{existing}' is a file, so no folder can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK) or _is_virtual(existing):
+        raise RunFolderError(f"--output-dir '{out}': cannot write in '{existing}'; choose a folder you can write to")
+
+
+def _is_virtual(path: Path) -> bool:
+    """True on kernel file systems (/proc, /sys) where os.access says yes to root but nothing can be made."""
+    resolved = Path(os.path.realpath(path))
+    return any(resolved == Path(v) or Path(v) in resolved.parents for v in ("/proc", "/sys"))
 
 
 def clear_previous_run(out: Path) -> None:
@@ -46,67 +78,99 @@ def clear_previous_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _held_message(out: Path, held: dict) -> str:
+    return (
+        f"another run (pid {held['pid']} on {held['host']}) holds the lock {Path(out) / LOCK_NAME}; wait for it to "
+        "end or choose another --output-dir (if no such run exists, e.g. the folder is on a network file system "
+        "without locks, delete that file)"
+    )
 
 
 def lock_holder(out: Path) -> dict | None:
-    """{pid, host, alive} of the run that holds ``out``'s lock, or None. A lock from another host counts as alive."""
+    """{pid, host, alive} of the run that holds ``out``'s lock, or None when no process holds it.
+
+    The lock is the OS's (``fcntl.flock``), which dies with the process that held it: a file left by a
+    killed run, another host's run or a reused pid never counts as held.
+    """
+    path = Path(out) / LOCK_NAME
     try:
-        info = json.loads((out / LOCK_NAME).read_text())
-        pid, host = int(info["pid"]), str(info["host"])
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    except (ValueError, KeyError, TypeError, OSError):
-        return {"pid": -1, "host": "?", "alive": False}  # a half-written lock: its writer died
-    alive = _pid_alive(pid) if host == socket.gethostname() else True
-    return {"pid": pid, "host": host, "alive": alive}
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return {**_lock_info(fd), "alive": True}
+        except OSError:  # a file system without locks: nothing to test
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _lock_info(fd: int) -> dict:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode())
+        return {"pid": int(info["pid"]), "host": str(info["host"])}
+    except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError):
+        return {"pid": "?", "host": "?"}
 
 
 class RunLock:
-    """``OUT/.lock`` for the lifetime of a run: a second run into the same folder stops with one line.
-
-    A lock left by a process that no longer exists (on this host) is reported and replaced.
+    """``OUT/.lock``, held with ``fcntl.flock`` for the lifetime of a run: a second run into the same folder
+    stops with one line. The OS releases the lock when the process ends however it ends (kill -9 included),
+    so a stale file never blocks a resume. On network file systems flock is as good as the server's locks
+    (NFSv4 and Lustre with flock enabled honour it across hosts); where the file system has none, the run
+    goes on unlocked and says so.
     """
 
     def __init__(self, out: Path):
         self.path = Path(out) / LOCK_NAME
-        self.held = False
+        self.fd = None
         self.note = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        for _ in range(5):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o666)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-            except FileExistsError:
-                held = lock_holder(self.path.parent)
-                if held is not None and held["alive"]:
-                    raise RunFolderError(
-                        f"another run (pid {held['pid']} on {held['host']}) is writing to '{self.path.parent}'; "
-                        "wait for it to end or choose another --output-dir"
-                    ) from None
-                self.note = f"removed a stale lock of a dead run (pid {held['pid'] if held else '?'})"
-                self.path.unlink(missing_ok=True)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                info = _lock_info(fd)
+                os.close(fd)
+                raise RunFolderError(_held_message(self.path.parent, info)) from None
+            except OSError as e:
+                os.close(fd)
+                self.note = (
+                    f"the file system of '{self.path.parent}' has no file locks ({e.strerror}); running unlocked"
+                )
+                return self
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous holder removed the file between our open and our lock
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
-            self.held = True
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
+            self.fd = fd
             return self
         raise RunFolderError(
             f"cannot lock '{self.path.parent}': another run keeps taking it; choose another --output-dir"
         )
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still held, so that no one locks a file about to vanish
+            os.close(self.fd)
+            self.fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -120,7 +184,12 @@ def read_log(path: Path, before_epoch: int) -> tuple[list[dict], str | None]:
     mid-write) is dropped with a note; a damaged line elsewhere is a one-line error."""
     if not path.is_file():
         return [], None
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise RunFolderError(f"{path}:{line} holds bytes that are not UTF-8; repair or remove the file") from None
+    lines = [line for line in text.splitlines() if line.strip()]
     rows, note = [], None
     for number, line in enumerate(lines, 1):
         try:

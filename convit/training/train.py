@@ -8,7 +8,8 @@
     python train.py --config transfer_cifar10 --finetune out/in1k/best.pth --data-path /data/cifar10
 
 Writes OUTPUT_DIR/{config.yaml, log.jsonl, summary.csv, last.pth, best.pth}. `--resume auto` continues
-from last.pth; a folder holding another run is never overwritten without --overwrite.
+from last.pth; a folder holding another run is never overwritten without --overwrite. SIGTERM, SIGUSR1
+or Ctrl-C stop the run after the current step with last.pth at the last complete epoch, and exit 3.
 """
 
 import json
@@ -22,24 +23,35 @@ from torch.nn.parallel import DistributedDataParallel
 
 from convit.errors import run_entry_point
 from convit.locality import epoch_locality
-from convit.training.checkpoint import FORMAT, check_resumable, save_checkpoint, training_state
+from convit.training.checkpoint import (
+    FORMAT,
+    best_weights,
+    check_resumable,
+    repair_run_record,
+    save_checkpoint,
+    training_state,
+    write_log,
+)
 from convit.training.config import Config, budget, list_configs, resolve, save_yaml, to_dict
 from convit.training.data import build_loaders, input_channels
 from convit.training.distill import DistillationLoss, build_teacher
 from convit.training.distributed import barrier, cleanup, init_distributed
 from convit.training.engine import (
+    TrainingDiverged,
     build_criterion,
     build_mixup,
     build_optimizer,
     build_scheduler,
     evaluate,
     model_kwargs,
+    nonfinite_parameters,
     scaled_lr,
     seed_everything,
     train_one_epoch,
 )
 from convit.training.finetune import apply_freeze, load_source, read_source
-from convit.training.run_folder import RunLock, check_output_dir, clear_previous_run, read_log, write_summary
+from convit.training.preemption import PREEMPTED_EXIT_CODE, Preempted, StopRequest
+from convit.training.run_folder import RunLock, check_output_dir, clear_previous_run
 from convit.variants import create_model
 from convit.weights import CheckpointError, load_weights, read_checkpoint
 
@@ -55,6 +67,29 @@ def resume_path(cfg: Config) -> Path | None:
 # What a resumed run must share with last.pth beyond checkpoint.RESUME_FIXED: the optimizer's parameter
 # groups (freeze, layer_decay) and the schedule's updates per epoch (accum_steps) were made for these.
 TUNING_FIXED = ("freeze", "layer_decay", "accum_steps", "gate_lr_scale")
+
+
+# What a resumed run may change: the optimizer's hyperparameters and the schedule are rebuilt from them.
+SCHEDULE_KEYS = ("lr", "lr_base_batch", "batch_size", "epochs", "sched", "min_lr", "warmup_lr", "warmup_epochs")
+OPTIMIZER_KEYS = ("weight_decay", "momentum", "clip_grad")
+
+
+def changed_on_resume(state: dict, cfg: Config) -> dict:
+    """{key: (before, now)} for the schedule and optimizer values the command line changed."""
+    before = state.get("config", {})
+    return {
+        k: (before[k], getattr(cfg, k))
+        for k in SCHEDULE_KEYS + OPTIMIZER_KEYS
+        if k in before and before[k] != getattr(cfg, k)
+    }
+
+
+def load_optimizer_state(optimizer, saved: dict) -> None:
+    """The saved moments and step counts, under the hyperparameters this run's config gives each group."""
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, values in zip(optimizer.param_groups, hyper):
+        group.update(values)
 
 
 def check_same_tuning(state: dict, cfg: Config, path) -> None:
@@ -92,7 +127,13 @@ def main(argv=None) -> None:
     out = Path(cfg.output_dir)
     path = resume_path(cfg)
     # everything below is checked before the first file is written
-    check_output_dir(out, resuming=cfg.resume is not None, overwrite=cfg.overwrite)
+    check_output_dir(
+        cfg.output_dir,
+        resuming=cfg.resume is not None,
+        overwrite=cfg.overwrite,
+        resume_auto=cfg.resume == "auto",
+        check_lock=dist.is_main,
+    )
     epochs, warmup_epochs = budget(cfg)
     loaders = build_loaders(cfg, dist.rank, dist.world_size, pin_memory=device.type == "cuda")
 
@@ -106,6 +147,12 @@ def main(argv=None) -> None:
         check_resumable(state, cfg, loaders.class_names, path)
         check_same_tuning(state, cfg, path)
         load_weights(model, state["model"], f"checkpoint '{path}'")
+        broken = nonfinite_parameters(model)
+        if broken:
+            raise CheckpointError(
+                f"--resume {path}: its weights hold NaN or infinity ({broken[0]}), so no run can continue from "
+                "it; start over with --overwrite, or resume from a copy saved before the weights diverged"
+            )
         finetuned_from = state.get("finetuned_from")  # a resumed fine-tuning run does not reload its source
     elif cfg.finetune:
         source = read_source(cfg)
@@ -130,10 +177,13 @@ def main(argv=None) -> None:
     writer = tensorboard_writer(cfg, out) if dist.is_main else None
 
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None  # copies the weights
-    start_epoch, best_acc1, num_updates = 0, -1.0, 0
+    start_epoch, best_acc1, best_epoch, num_updates = 0, -1.0, None, 0
+    resume_changes = {}
     if state:
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
+        resume_changes = changed_on_resume(state, cfg)
+        load_optimizer_state(optimizer, state["optimizer"])
+        # timm's schedules (plateau aside) are a function of the update count: rebuilt, they follow the config
+        if scheduler is not None and state.get("scheduler") and cfg.sched == "plateau":
             scheduler.load_state_dict(state["scheduler"])
         if loss_scaler is not None and state.get("scaler"):
             loss_scaler.load_state_dict(state["scaler"])
@@ -141,6 +191,7 @@ def main(argv=None) -> None:
             load_weights(ema.module, state["model_ema"], f"EMA weights in '{path}'")
         start_epoch = state["sampler"]["epoch"]
         best_acc1, num_updates = state["best_acc1"], state["num_updates"]
+        best_epoch = state.get("best_epoch")
 
     ddp_model = torch.compile(model) if cfg.compile else model
     if dist.distributed:
@@ -154,8 +205,7 @@ def main(argv=None) -> None:
         )
 
     lock = RunLock(out)
-    log_path = out / "log.jsonl"
-    log, log_note = read_log(log_path, start_epoch) if state else ([], None)
+    log: list[dict] = []
     if dist.is_main:
         n_params = sum(p.numel() for p in model.parameters())
         overrides = ", ".join(f"{k}={v}" for k, v in resolved.overrides.items()) or "none"
@@ -166,16 +216,24 @@ def main(argv=None) -> None:
         )
         if finetuned_from:
             print(f"weights from {finetuned_from}" + (" (resumed; not reloaded)" if state else ""), flush=True)
-        for note in resolved.notes + finetune_notes + [log_note] * bool(log_note):
+        for note in resolved.notes + finetune_notes:
             print(f"note: {note}", flush=True)
+        if resume_changes:
+            change = ", ".join(f"{k} {now} (last.pth: {before})" for k, (before, now) in resume_changes.items())
+            print(f"note: resuming with {change}; the optimizer and the schedule follow the new values", flush=True)
         print("config: " + json.dumps(to_dict(cfg)), flush=True)
         lock.acquire()
         if lock.note:
             print(f"note: {lock.note}", flush=True)
         if cfg.overwrite:
             clear_previous_run(out)
+        if state:
+            log, notes = repair_run_record(out, state, start_epoch)
+            for note in notes:
+                print(f"note: {note}", flush=True)
+        else:
+            (out / "log.jsonl").write_text("")
         save_yaml(cfg, out / "config.yaml")
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
         print(
             f"{len(loaders.train.dataset)} train images, {dist.world_size} process(es) on {device.type}, "
             f"global batch {cfg.batch_size * dist.world_size * cfg.accum_steps}, "
@@ -191,6 +249,7 @@ def main(argv=None) -> None:
         count = min(cfg.locality_images, len(val_set))
         locality_images = torch.stack([val_set[i][0] for i in range(count)]).to(device)
 
+    stop = StopRequest(cfg.stop_signals).install()
     try:
         end_epoch = min(epochs, start_epoch + cfg.stop_after) if cfg.stop_after else epochs
         for epoch in range(start_epoch, end_epoch):
@@ -217,9 +276,19 @@ def main(argv=None) -> None:
                 progress=cfg.progress and dist.is_main,
                 log_interval=cfg.log_interval,
                 desc=f"epoch {epoch + 1}/{epochs}",
+                stop=stop,
             )
+            if "stopped" in train_stats:
+                raise Preempted(train_stats["stopped"], epoch, train_stats["stopped_at"])
             num_updates = train_stats["num_updates"]
+            check_weights(model, ema, epoch)
             val_stats = evaluate(model, loaders.val, device, amp_dtype)
+            if not math.isfinite(val_stats["val_loss"]):
+                raise TrainingDiverged(
+                    f"validation loss is {val_stats['val_loss']} after epoch {epoch + 1}: the model's outputs are "
+                    "not finite; nothing of this epoch was saved; continue from last.pth with --resume auto and a "
+                    "lower --lr or --clip-grad"
+                )
             row = {
                 "epoch": epoch,
                 "lr": train_stats["lr"],
@@ -234,13 +303,17 @@ def main(argv=None) -> None:
                 row.update(val_acc1_ema=ema_stats["val_acc1"], val_acc5_ema=ema_stats["val_acc5"])
             row["epoch_time_s"] = train_stats["train_time_s"]
             row["train_images_per_s"] = train_stats["train_images"] / train_stats["train_time_s"]
-            is_best = row["val_acc1"] > best_acc1
-            best_acc1 = max(best_acc1, row["val_acc1"])
+            if row["val_acc1"] > best_acc1:
+                best_acc1, best_epoch = row["val_acc1"], epoch
+            log.append(row)
 
             if dist.is_main:
-                weights = {
+                # the epoch end as one transaction: last.pth (which carries the log and the best epoch) commits
+                # it; best.pth, log.jsonl and summary.csv follow and a resume rebuilds them from it
+                last = {
                     "format": FORMAT,
                     "model_name": cfg.model,
+                    "arch": cfg.model,
                     "model_kwargs": kwargs,
                     "num_classes": loaders.num_classes,
                     "class_names": loaders.class_names,
@@ -249,26 +322,21 @@ def main(argv=None) -> None:
                     "model": model.state_dict(),
                     "epoch": epoch,
                     "val_acc1": row["val_acc1"],
+                    "metric": row["val_acc1"],
                     "best_acc1": best_acc1,
+                    "best_epoch": best_epoch,
                     "model_ema": ema.module.state_dict() if ema is not None else None,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": loss_scaler.state_dict() if loss_scaler is not None else None,
+                    "sampler": {"epoch": epoch + 1},
+                    "num_updates": num_updates,
+                    "log": log,
                 }
-                save_checkpoint(
-                    {
-                        **weights,
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "scaler": loss_scaler.state_dict() if loss_scaler is not None else None,
-                        "sampler": {"epoch": epoch + 1},
-                        "num_updates": num_updates,
-                    },
-                    out / "last.pth",
-                )
-                if is_best:
-                    save_checkpoint(weights, out / "best.pth")
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                log.append(row)
-                write_summary(out / "summary.csv", log)
+                save_checkpoint(last, out / "last.pth")
+                if best_epoch == epoch:
+                    save_checkpoint(best_weights(last), out / "best.pth")
+                write_log(out, log)
                 if writer is not None:
                     for key, value in row.items():
                         if isinstance(value, (int, float)) and key != "epoch":
@@ -282,13 +350,56 @@ def main(argv=None) -> None:
                     flush=True,
                 )
             barrier()
+            signum = stop.agreed(device)  # a signal during evaluation or the writes: the epoch is complete
+            if signum is not None and epoch + 1 < end_epoch:
+                raise Preempted(signum, epoch + 1, None)
+        if dist.is_main and best_epoch is not None:
+            print(f"best val_acc1 {best_acc1:.2f} (epoch {best_epoch + 1}); checkpoints in {out}/", flush=True)
+    except Preempted as p:
         if dist.is_main:
-            print(f"best val_acc1 {best_acc1:.2f}; checkpoints in {out}/", flush=True)
+            print(preempted_line(p, out), flush=True)
+        exit_code = PREEMPTED_EXIT_CODE
+    else:
+        exit_code = 0
     finally:
+        stop.restore()
         if writer is not None:
             writer.close()
         lock.release()
     cleanup()
+    if exit_code:
+        sys.exit(exit_code)
+
+
+def check_weights(model, ema, epoch: int) -> None:
+    """TrainingDiverged if the model's (or the EMA's) weights hold NaN or infinity: nothing is saved then."""
+    for name, module in (("weights", model), ("EMA weights", ema.module if ema is not None else None)):
+        broken = nonfinite_parameters(module) if module is not None else []
+        if broken:
+            raise TrainingDiverged(
+                f"the {name} hold NaN or infinity after epoch {epoch + 1} ({broken[0]}); nothing of this epoch "
+                "was saved; continue from last.pth with --resume auto and a lower --lr or --clip-grad"
+            )
+
+
+def preempted_line(p: Preempted, out: Path) -> str:
+    """The one line a stopped run prints: what stopped it, what is kept, how to continue."""
+    where = f"at step {p.step + 1} of epoch {p.epoch + 1}" if p.step is not None else f"after epoch {p.epoch}"
+    kept = (
+        f"last.pth holds epoch {p.epoch} (a partial epoch is not kept)"
+        if p.epoch
+        else "no epoch was complete, so the run starts afresh"
+    )
+    return (
+        f"stopped by {signal_name(p.signum)} {where}; {kept}; continue with the same command and --resume auto "
+        f"(exit code {PREEMPTED_EXIT_CODE})"
+    )
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 def cli() -> None:
