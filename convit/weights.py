@@ -68,10 +68,12 @@ def _refused_global(e: Exception) -> str | None:
 
 def _corrupt(path, e) -> CheckpointError:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return CheckpointError(
-        f"checkpoint '{path}' is corrupt or truncated ({first[:120]}); "
-        "use another checkpoint, e.g. last.pth instead of best.pth"
-    )
+    advice = {
+        "best.pth": "use another checkpoint, e.g. the run's last.pth",
+        "last.pth": "a run cannot continue from it: restore a copy, or start over with --overwrite "
+        "(best.pth may still hold the best weights)",
+    }.get(Path(path).name, "use another checkpoint")
+    return CheckpointError(f"checkpoint '{path}' is corrupt or truncated ({first[:120]}); {advice}")
 
 
 def extract_state_dict(ckpt: dict, use_ema: bool = False) -> dict:

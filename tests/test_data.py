@@ -1,3 +1,4 @@
+import os
 from collections import Counter
 
 import numpy as np
@@ -104,3 +105,26 @@ def test_an_imagefolder_needs_a_three_channel_model(tmp_path):
     cfg = parse_args(["--config", "digits", "--data-path", str(root)])  # digits' model takes 1 channel
     with pytest.raises(DataError, match="RGB .* in_chans=1"):
         build_datasets(cfg)
+
+
+def test_an_image_reached_twice_counts_once(tmp_path):
+    from convit.training.data import image_folder
+
+    root = make_image_folder(tmp_path / "d", n_train=3, n_val=1)
+    train = root / "train"
+    (train / "class_0" / "loop").symlink_to(train / "class_0", target_is_directory=True)  # a link loop
+    (train / "class_0" / "again.jpg").symlink_to(train / "class_0" / "000.jpg")  # a file linked twice
+    (train / "class_1" / "other_class.jpg").symlink_to(train / "class_2" / "001.jpg")  # linked into a class
+    (train / "class_2" / "hard.jpg").hardlink_to(train / "class_2" / "002.jpg")
+    dataset = image_folder(str(root), "train", transform=None)
+    assert len(dataset) == 9
+    assert len({os.path.realpath(p) for p, _ in dataset.samples}) == 9
+
+
+def test_a_decompression_bomb_is_named(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(path)  # 400 M pixels in a small file
+    with pytest.raises(DataError, match="image '.*bomb.png' has more pixels than PIL opens safely"):
+        pil_rgb_loader(str(path))

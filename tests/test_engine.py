@@ -9,12 +9,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from convit.training.config import parse_args
 from convit.training.engine import (
     Progress,
+    TrainingDiverged,
     build_criterion,
     build_mixup,
     build_optimizer,
     build_scheduler,
     evaluate,
     model_kwargs,
+    nonfinite_parameters,
     scheduled_lr,
     train_one_epoch,
 )
@@ -168,3 +170,42 @@ def test_gate_lr_scale_needs_trainable_gates():
     cfg = parse_args(["--gate-lr-scale", "10", "--local-up-to-layer", "0"])
     with pytest.raises(ConfigError, match="no trainable GPSA gate"):
         build_optimizer(cfg, create_model(cfg.model, 10, img_size=16, **cfg.model_kwargs), world_size=1)
+
+
+def test_the_last_short_accumulation_group_is_weighted_by_its_batches():
+    """3 batches with accum_steps 2: the second update holds one batch and must be that batch's own step."""
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 8), torch.randint(0, 2, (48,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    model = torch.nn.Linear(8, 2)
+    reference = torch.nn.Linear(8, 2)
+    reference.load_state_dict(model.state_dict())
+    criterion = torch.nn.CrossEntropyLoss()
+    train_one_epoch(
+        model, loader, torch.optim.SGD(model.parameters(), lr=0.1), criterion, torch.device("cpu"), 0, accum_steps=2
+    )
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for chunk in (slice(0, 32), slice(32, 48)):  # the pair as one batch of 32, then the last batch alone
+        optimizer.zero_grad()
+        criterion(reference(x[chunk]), y[chunk]).backward()
+        optimizer.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_non_finite_loss_names_its_step():
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    x[40] = float("nan")  # the sample in step 3 of 4
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    model = torch.nn.Linear(8, 2)
+    with pytest.raises(TrainingDiverged, match=r"training loss is nan at step 3/4 of epoch 1; nothing of this epoch"):
+        train_one_epoch(
+            model,
+            loader,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            torch.nn.CrossEntropyLoss(),
+            torch.device("cpu"),
+            0,
+            log_interval=50,
+        )
+    assert nonfinite_parameters(model) == ["weight", "bias"]

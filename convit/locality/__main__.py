@@ -113,13 +113,14 @@ def _digits_batch(model: nn.Module, num_images: int) -> tuple[torch.Tensor, torc
 def _folder_batch(model: nn.Module, path: str, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``num_images`` evenly spaced images of an ImageFolder, with timm's eval transform for the model."""
     from timm.data import create_transform, resolve_data_config
-    from torchvision.datasets import ImageFolder
+
+    from ..training.data import UniqueImageFolder
 
     if not os.path.isdir(path):
         raise LocalityError(f"data folder {path} does not exist")
     config = resolve_data_config({"input_size": (_in_chans(model), *_input_size(model))}, model=model)
     try:
-        dataset = ImageFolder(path, transform=create_transform(**config))
+        dataset = UniqueImageFolder(path, transform=create_transform(**config))
     except (FileNotFoundError, OSError) as error:
         raise LocalityError(f"{path} is not an image folder (class sub-folders of images): {error}") from None
     if {"train", "val"} <= set(dataset.classes):

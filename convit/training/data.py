@@ -36,6 +36,57 @@ def pil_rgb_loader(path: str) -> Image.Image:
             return img.convert("RGB")
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
         raise DataError(f"cannot read image '{path}' ({type(e).__name__}); delete or replace the file") from None
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"image '{path}' has more pixels than PIL opens safely ({Image.MAX_IMAGE_PIXELS} x 2, a decompression "
+            "bomb?); delete the file, or shrink it if it is a real image"
+        ) from None
+
+
+class UniqueImageFolder(ImageFolder):
+    """torchvision's ImageFolder, in which every image file counts once.
+
+    Symbolic links are followed as in torchvision, but a folder reached twice (a link loop) is walked once
+    and a file reached twice (a link, a hard link) is kept at its first place in sorted order.
+    """
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        from torchvision.datasets.folder import has_file_allowed_extension
+
+        def valid(path: str) -> bool:
+            return is_valid_file(path) if is_valid_file is not None else has_file_allowed_extension(path, extensions)
+
+        seen_dirs, seen_files, instances, found = set(), set(), [], set()
+        for name in sorted(class_to_idx):
+            for root, dirs, files in os.walk(os.path.join(directory, name), followlinks=True):
+                key = _file_key(root)
+                if key in seen_dirs:
+                    dirs[:] = []
+                    continue
+                seen_dirs.add(key)
+                dirs.sort()
+                for fname in sorted(files):
+                    path = os.path.join(root, fname)
+                    key = _file_key(path)
+                    if key is None or key in seen_files or not valid(path):
+                        continue
+                    seen_files.add(key)
+                    instances.append((path, class_to_idx[name]))
+                    found.add(name)
+        empty = sorted(set(class_to_idx) - found)
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}")
+        return instances
+
+
+def _file_key(path: str):
+    """(device, inode) of what ``path`` leads to, or None for a dangling link."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def image_folder(root: str, split: str, transform) -> ImageFolder:
@@ -47,7 +98,7 @@ def image_folder(root: str, split: str, transform) -> ImageFolder:
             "folders with one sub-folder of images per class"
         )
     try:
-        return ImageFolder(path, transform=transform, loader=pil_rgb_loader)
+        return UniqueImageFolder(path, transform=transform, loader=pil_rgb_loader)
     except FileNotFoundError as e:  # no class folders, or no images in them
         raise DataError(f"no images under '{path}' ({e}); expected {path}/CLASS/IMAGE.jpg") from None
 

@@ -111,4 +111,22 @@ def build_teacher(cfg: Config, num_classes: int, in_chans: int) -> tuple[torch.n
             f"teacher {description} predicts {classes} classes, the data has {num_classes}; "
             "use a teacher trained on these classes"
         )
+    check_teacher_input(teacher, description, in_chans, cfg.img_size)
     return freeze_teacher(teacher), description
+
+
+def check_teacher_input(teacher: torch.nn.Module, description: str, in_chans: int, img_size: int) -> None:
+    """A DistillationError unless ``teacher`` takes the student's images (one forward of one blank image)."""
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            teacher(torch.zeros(1, in_chans, img_size, img_size))
+    except (RuntimeError, ValueError, AssertionError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise DistillationError(
+            f"teacher {description} does not take the student's {img_size}x{img_size} images ({first}); use a "
+            "teacher built for that input size, or set --img-size to the teacher's"
+        ) from None
+    finally:
+        teacher.train(was_training)

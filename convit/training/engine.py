@@ -296,7 +296,7 @@ def train_one_epoch(
         [loss_sum.item(), n_images, *(float(part_sums[k]) for k in names)], device
     )
     if not math.isfinite(total_loss):
-        raise TrainingDiverged(f"training loss is {total_loss} in epoch {epoch + 1}; {_RESUME_HINT}")
+        raise TrainingDiverged(f"training loss is {total_loss} in epoch {epoch + 1}; {RESUME_HINT}")
     elapsed = time.perf_counter() - start
     return {
         "train_loss": total_loss / max(total_images, 1),
@@ -313,9 +313,7 @@ class TrainingDiverged(UserError):
     """The loss or the weights stopped being finite; nothing of the epoch is saved."""
 
 
-_RESUME_HINT = (
-    "nothing of this epoch was saved; continue from last.pth with --resume auto and a lower --lr or --clip-grad"
-)
+RESUME_HINT = "nothing of this epoch was saved; run again with a lower --lr or with --clip-grad (--resume auto continues from the last complete epoch)"
 
 
 def _check_finite(first_bad: torch.Tensor, step_losses: list, epoch: int, n_steps: int) -> None:
@@ -324,7 +322,7 @@ def _check_finite(first_bad: torch.Tensor, step_losses: list, epoch: int, n_step
     if step >= 0:
         value = float(step_losses[step])
         raise TrainingDiverged(
-            f"training loss is {value} at step {step + 1}/{n_steps} of epoch {epoch + 1}; {_RESUME_HINT}"
+            f"training loss is {value} at step {step + 1}/{n_steps} of epoch {epoch + 1}; {RESUME_HINT}"
         )
 
 

@@ -11,6 +11,7 @@ authors' ({"model": state_dict}). Every validation image is counted once, whatev
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -62,6 +63,8 @@ def check_args(args) -> None:
         raise UserError(
             f"--output '{args.output}' is a folder; name a JSON file, e.g. {Path(args.output) / 'results.json'}"
         )
+    if args.output and args.checkpoint and Path(args.output).resolve() == Path(args.checkpoint).resolve():
+        raise UserError(f"--output '{args.output}' is the checkpoint itself; name another file for the results")
 
 
 def load_model(args):
@@ -122,6 +125,11 @@ def main(args) -> dict:
         raise DataError(f"{class_difference(class_names, loaders.class_names)}; evaluate on the data it was trained on")
     amp_dtype = torch.bfloat16 if dist.device.type == "cuda" else None
     stats = evaluate(model, loaders.val, dist.device, amp_dtype)
+    if not math.isfinite(stats["val_loss"]):
+        raise UserError(
+            f"the model's outputs are not finite on this data (loss {stats['val_loss']}): the checkpoint's weights "
+            "are broken; evaluate another checkpoint of the run"
+        )
     results = {
         "model": cfg.model,
         "checkpoint": args.checkpoint,

@@ -96,6 +96,11 @@ def prepare(source: Source, model: torch.nn.Module, class_names: list[str]) -> t
             f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
         )
     for key in sorted(body):
+        if expected[key].is_floating_point() and not sd[key].is_floating_point():
+            raise FinetuneError(
+                f"--finetune {source.description} holds {key} as {sd[key].dtype}, not floating point: loading "
+                "it would truncate the weights; pass the float weights file this model was saved to"
+            )
         got, want = tuple(sd[key].shape), tuple(expected[key].shape)
         if key == "pos_embed" and len(got) == 3 and got[-1] == want[-1]:
             continue  # another grid: resampled by the model

@@ -72,6 +72,27 @@ def _is_virtual(path: Path) -> bool:
     return any(resolved == Path(v) or Path(v) in resolved.parents for v in ("/proc", "/sys"))
 
 
+def check_inputs_apart(cfg, out: Path) -> None:
+    """A one-line error when the run would write into what it reads: the output folder inside the data
+    folder (new folders there would become classes), or an input file that is one of the run's own files."""
+    out = Path(out).resolve()
+    if cfg.data_path:
+        data = Path(cfg.data_path).resolve()
+        if out == data or data in out.parents:
+            raise RunFolderError(
+                f"--output-dir '{cfg.output_dir}' lies inside --data-path '{cfg.data_path}'; the run would write "
+                "into its own data: choose a folder outside it"
+            )
+    own = {out / name for name in RUN_FILES}
+    for flag in ("finetune", "teacher", "pretrained_file"):
+        value = getattr(cfg, flag, None)
+        if value and value != "pretrained" and Path(value).resolve() in own:
+            raise RunFolderError(
+                f"--{flag.replace('_', '-')} '{value}' is a file this run writes in --output-dir; copy it elsewhere "
+                "or choose another --output-dir"
+            )
+
+
 def clear_previous_run(out: Path) -> None:
     """Remove the files of a previous run (``--overwrite``), so that none of them mixes with the new one."""
     for name in RUN_FILES:

@@ -37,6 +37,7 @@ from convit.training.data import build_loaders, input_channels
 from convit.training.distill import DistillationLoss, build_teacher
 from convit.training.distributed import barrier, cleanup, init_distributed
 from convit.training.engine import (
+    RESUME_HINT,
     TrainingDiverged,
     build_criterion,
     build_mixup,
@@ -51,7 +52,7 @@ from convit.training.engine import (
 )
 from convit.training.finetune import apply_freeze, load_source, read_source
 from convit.training.preemption import PREEMPTED_EXIT_CODE, Preempted, StopRequest
-from convit.training.run_folder import RunLock, check_output_dir, clear_previous_run
+from convit.training.run_folder import RunLock, check_inputs_apart, check_output_dir, clear_previous_run
 from convit.variants import create_model
 from convit.weights import CheckpointError, load_weights, read_checkpoint
 
@@ -134,6 +135,7 @@ def main(argv=None) -> None:
         resume_auto=cfg.resume == "auto",
         check_lock=dist.is_main,
     )
+    check_inputs_apart(cfg, out)
     epochs, warmup_epochs = budget(cfg)
     loaders = build_loaders(cfg, dist.rank, dist.world_size, pin_memory=device.type == "cuda")
 
@@ -286,8 +288,7 @@ def main(argv=None) -> None:
             if not math.isfinite(val_stats["val_loss"]):
                 raise TrainingDiverged(
                     f"validation loss is {val_stats['val_loss']} after epoch {epoch + 1}: the model's outputs are "
-                    "not finite; nothing of this epoch was saved; continue from last.pth with --resume auto and a "
-                    "lower --lr or --clip-grad"
+                    f"not finite; {RESUME_HINT}"
                 )
             row = {
                 "epoch": epoch,
@@ -378,7 +379,7 @@ def check_weights(model, ema, epoch: int) -> None:
         if broken:
             raise TrainingDiverged(
                 f"the {name} hold NaN or infinity after epoch {epoch + 1} ({broken[0]}); nothing of this epoch "
-                "was saved; continue from last.pth with --resume auto and a lower --lr or --clip-grad"
+                f"was saved; {RESUME_HINT.removeprefix('nothing of this epoch was saved; ')}"
             )
 
 
