@@ -158,3 +158,38 @@ def test_sigterm_from_outside_then_resume(args, full, tmp_path, nproc):
     else:  # the resumed job goes on from the same last.pth, under torchrun again
         run_script("train.py", args + ["--output-dir", tmp_path, "--resume", "auto", "--batch-size", "4"], nproc=2)
         assert len(read_log(tmp_path)) == 3 and read_checkpoint(tmp_path / "last.pth")["epoch"] == 2
+
+
+def test_the_slurm_script_stops_the_run_and_requeues_at_the_time_limit(args, tmp_path):
+    """scripts/train.sbatch under stand-ins for srun and scontrol: USR1 (Slurm's --signal=B:USR1@300)
+    stops the run cleanly and requeues the job; the requeued job finishes the run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text(
+        f'#!/bin/sh\nif [ "$1" = show ]; then echo 127.0.0.1; else echo "$@" >> {tmp_path / "scontrol.log"}; fi\n'
+    )
+    (bin_dir / "torchrun").write_text(f'#!/bin/sh\nexec {sys.executable} -m torch.distributed.run "$@"\n')
+    for tool in ("srun", "scontrol", "torchrun"):
+        (bin_dir / tool).chmod(0o755)
+    env = child_env()
+    env.update(
+        PATH=f"{bin_dir}:{env['PATH']}",
+        SLURM_JOB_ID="4242",
+        SLURM_NNODES="1",
+        SLURM_GPUS_ON_NODE="1",
+        SLURM_JOB_NODELIST="node1",
+    )
+    out = tmp_path / "run"
+    job = ["bash", str(ROOT / "scripts" / "train.sbatch"), *[str(a) for a in args], "--output-dir", str(out)]
+    proc = subprocess.Popen(job, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(proc, "epoch 1/3")
+    proc.send_signal(signal.SIGUSR1)
+    output = proc.stdout.read()
+    proc.wait(timeout=120)
+    assert "time limit near" in output and output.count("stopped by SIGTERM") == 1, output
+    assert (tmp_path / "scontrol.log").read_text() == "requeue 4242\n"
+    assert not (out / ".lock").exists() and (out / "last.pth").exists()
+    requeued = subprocess.run(job, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert requeued.returncode == 0, requeued.stdout[-2000:] + requeued.stderr[-2000:]
+    assert len(read_log(out)) == 3 and read_checkpoint(out / "last.pth")["epoch"] == 2
