@@ -190,3 +190,32 @@ def test_locality_bad_input(digits_run, tmp_path, capsys):
     line = fails(["--checkpoint", best, "--data-path", root / "val", "--ablate", "--out", tmp_path / "o"])
     assert "--ablate needs the labels the model was trained on: the checkpoint has 10 classes, the data 3" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_no_command_writes_over_its_input(digits_run, tmp_path, capsys):
+    from convit.locality import __main__ as locality_command
+
+    before = snapshot(digits_run)
+    best = str(digits_run / "best.pth")
+    line = fails_in_one_line(
+        capsys, "eval.py", lambda: eval_script.main(eval_script.parse_args(["--checkpoint", best, "--output", best]))
+    )
+    assert "is the checkpoint itself" in line
+    root = make_image_folder(tmp_path / "imgs", n_train=1, n_val=1, size=16)
+    argv = ["--checkpoint", best, "--data-path", str(root / "val"), "--out", str(root / "val" / "report")]
+    assert "lies inside --data-path" in fails_in_one_line(
+        capsys, "python -m convit.locality", locality_command.main, argv
+    )
+    assert not (root / "val" / "report").exists() and snapshot(digits_run) == before
+
+
+def test_resume_auto_without_last_pth_through_train(digits_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "log.jsonl", "best.pth", "summary.csv"):
+        (run / name).write_bytes((digits_run / name).read_bytes())
+    before = snapshot(run)
+    argv = [*DIGITS_TINY, "--epochs", "2", "--output-dir", str(run), "--resume", "auto"]
+    line = fails_in_one_line(capsys, "train.py", train_script.main, argv)
+    assert "holds a previous run" in line and "but no last.pth" in line
+    assert snapshot(run) == before

@@ -14,6 +14,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -508,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the files this command may write in --out
+_OUTPUT_NAMES = {"locality.json", "locality.csv", "report.md", "ablation.png", "training_curves.png"}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv``, run the command; user errors raise ``convit.UserError`` (one line from the shell)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -521,6 +526,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise LocalityError(f"--batch-size must be at least 1, not {args.batch_size}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise LocalityError(f"--out '{args.out}' is a file; name a folder")
+    out = Path(args.out).resolve()
+    if getattr(args, "data_path", None) and (
+        out == Path(args.data_path).resolve() or Path(args.data_path).resolve() in out.parents
+    ):
+        raise LocalityError(
+            f"--out '{args.out}' lies inside --data-path '{args.data_path}'; choose a folder outside the data"
+        )
+    for name in [*(args.checkpoint or []), *(args.log or [])]:
+        if Path(name).resolve().parent == out and Path(name).name in _OUTPUT_NAMES:
+            raise LocalityError(f"--out '{args.out}' would overwrite the input '{name}'; choose another folder")
     start = time.perf_counter()
     result = run(args)
     print(f"wrote {args.out} in {time.perf_counter() - start:.1f}s")
