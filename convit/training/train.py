@@ -135,9 +135,9 @@ def main(argv=None) -> None:
         resume_auto=cfg.resume == "auto",
         check_lock=dist.is_main,
     )
-    check_inputs_apart(cfg, out)
     epochs, warmup_epochs = budget(cfg)
     loaders = build_loaders(cfg, dist.rank, dist.world_size, pin_memory=device.type == "cuda")
+    check_inputs_apart(cfg, out)
 
     # model, optimizer, schedule: identical initial weights on every rank
     seed_everything(cfg.seed)
@@ -354,8 +354,9 @@ def main(argv=None) -> None:
             signum = stop.agreed(device)  # a signal during evaluation or the writes: the epoch is complete
             if signum is not None and epoch + 1 < end_epoch:
                 raise Preempted(signum, epoch + 1, None)
-        if dist.is_main and best_epoch is not None:
-            print(f"best val_acc1 {best_acc1:.2f} (epoch {best_epoch + 1}); checkpoints in {out}/", flush=True)
+        if dist.is_main and best_acc1 >= 0:
+            at = f" (epoch {best_epoch + 1})" if best_epoch is not None else ""
+            print(f"best val_acc1 {best_acc1:.2f}{at}; checkpoints in {out}/", flush=True)
     except Preempted as p:
         if dist.is_main:
             print(preempted_line(p, out), flush=True)
