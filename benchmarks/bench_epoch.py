@@ -81,6 +81,7 @@ class Side:
         argv += ["--opt", "adamw", "--lr", "6.25e-5", "--weight-decay", "0.05", "--sched", "cosine"]
         argv += ["--epochs", str(epochs), "--warmup-epochs", "0", "--smoothing", "0.1", "--drop-path", "0.1"]
         argv += ["--workers", str(a.workers), "--output", str(out), "--experiment", "run", "--color-jitter", "0.4"]
+        argv += ["--device", a.device] + (["--amp", "--amp-dtype", "bfloat16"] if a.device.startswith("cuda") else [])
         return self._python(self.timm_dir / "train.py", argv + kw)
 
     def eval(self, data: Path, checkpoint: Path) -> list[str]:
@@ -91,7 +92,9 @@ class Side:
         kw = ["--model-kwargs", *(f"{k}={v}" for k, v in self.model_kwargs.items())] if self.model_kwargs else []
         argv = ["--data-dir", str(data), "--split", "val", "--model", a.model, "--num-classes", str(a.classes)]
         argv += ["--img-size", str(a.img_size), "--checkpoint", str(checkpoint), "--batch-size", str(a.batch)]
-        return self._python(self.timm_dir / "validate.py", argv + ["--workers", str(a.workers), *kw])
+        argv += ["--workers", str(a.workers), "--device", a.device]
+        argv += ["--amp", "--amp-dtype", "bfloat16"] if a.device.startswith("cuda") else []  # as ours on a GPU
+        return self._python(self.timm_dir / "validate.py", argv + kw)
 
     def step_rates(self, out: Path, stdout: str) -> list[float]:
         if self.name == "ours":
@@ -129,6 +132,7 @@ def main(argv=None) -> dict:
     p.add_argument("--epochs", type=int, default=3, metavar="N", help="the long process's epochs (the short: 1)")
     p.add_argument("--repeats", type=int, default=2, metavar="N")
     p.add_argument("--locality-images", type=int, default=64, metavar="N", help="ours' per-epoch locality images")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="timm's --device (ours picks its own)")
     p.add_argument("--json", type=Path, metavar="FILE")
     args = p.parse_args(argv)
     if args.epochs < 2:
