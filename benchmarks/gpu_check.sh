@@ -3,7 +3,8 @@
 #  1. bench_models.py in bf16 autocast, batch 128 (the paper's Table 1: ConViT-Ti ran at 0.51 of DeiT-Ti,
 #     S at 0.52, B at 0.75), ConViT-Ti/S/B at 224 and 384, eager (with timm's ConVit) and compiled (ours and
 #     the ViT only, no memory figure: compiling dominates the time);
-#  2. 50 training steps of train.py (torchrun, NCCL, one GPU) on a generated ImageFolder.
+#  2. 50 training steps of train.py (torchrun, NCCL, one GPU) on a generated ImageFolder;
+#  3. with TIMM_SCRIPTS set, benchmarks/bench_epoch.py on the GPU (ours beside timm's scripts).
 # Every step has its own time limit (25 s eager, 30 s compiled, 75 s training: at most about 7 minutes in
 # all, typically less) and a failed step does not stop the others; the summary says which failed.
 #
@@ -69,6 +70,13 @@ print(f"ImageFolder ready under {root}")
 PYEOF
 step train_50_steps 75 torchrun --nproc_per_node=1 train.py --model convit_tiny --data-path "$DATA" \
     --epochs 1 --batch-size 128 --output-dir "$OUT/train"
+
+# Per-epoch and per-image cost beside timm's scripts (TIMM_SCRIPTS: a folder holding timm's two scripts,
+# e.g. written out of a clone of pytorch-image-models); both sides in bf16 autocast.
+if [ -n "${TIMM_SCRIPTS:-}" ]; then
+    mkdir -p "$OUT/epoch"
+    step epoch_vs_timm 240 "$PY" benchmarks/bench_epoch.py --timm-scripts "$TIMM_SCRIPTS" --device cuda --threads 8 --workers 4 --repeats 1 --json "$OUT/epoch/epoch_vs_timm.json"
+fi
 
 echo "== summary"
 for f in "$OUT"/*.json; do

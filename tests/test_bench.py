@@ -132,3 +132,52 @@ def test_layout_benchmark_compares_three_forms_of_the_same_layer():
     assert all(
         "time / fast-path time: einsum " in line and ", grid " in line and "; ViT attention " in line for line in lines
     )
+
+
+def _bench_epoch():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_epoch", ROOT / "benchmarks" / "bench_epoch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_epoch_benchmark_runs_its_smallest_form(tmp_path):
+    """benchmarks/bench_epoch.py end to end, ours against ours (timm's scripts are not in its wheel)."""
+    out = tmp_path / "epoch.json"
+    tiny = ["--model-kwargs", "patch_size=8", "embed_dim=32", "depth=2", "num_heads=2", "local_up_to_layer=1"]
+    sizes = ["--classes", "2", "--train-per-class", "8", "--val-per-class", "2", "--img-size", "32", "--batch", "4"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_epoch.py"), "--baseline", "ours", *tiny, *sizes]
+        + ["--workers", "0", "--threads", "1", "--epochs", "2", "--repeats", "1", "--locality-images", "2"]
+        + ["--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert set(result["ratios"]) == {"per_epoch", "step_images_per_s", "eval_per_image"}
+    assert all(len(values) == 1 for values in result["ratios"].values())
+    run = result["runs"][0]
+    assert len(run["step_images_per_s"]["ours"]) == 2 and all(r > 0 for r in run["step_images_per_s"]["ours"])
+    for line in ("per epoch", "1-epoch process", "step loop img/s", "eval time per image"):
+        assert line in done.stdout, line
+
+
+def test_epoch_benchmark_reads_timms_step_rate_and_needs_its_scripts(tmp_path):
+    bench = _bench_epoch()
+    log = (
+        "Train: 0 [   0/6 (17%)]  Loss: 1.10 (1.10)  Time: 2.000s,   16.00/s  (2.000s,   16.00/s)  LR: 1e-05\n"
+        "Train: 0 [   5/6 (100%)]  Loss: 1.05 (1.08)  Time: 1.900s,   16.84/s  (1.950s,   16.41/s)  LR: 1e-05\n"
+        "Train: 1 [   5/6 (100%)]  Loss: 1.01 (1.02)  Time: 1.800s,   17.78/s  (1.850s,   17.30/s)  LR: 9e-06\n"
+    )
+    assert bench.timm_step_rates(log) == [16.41, 17.30]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_epoch.py"), "--timm-scripts", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "holding timm's train.py and validate.py" in done.stderr

@@ -128,3 +128,29 @@ def test_a_decompression_bomb_is_named(tmp_path):
     Image.new("1", (20000, 20000)).save(path)  # 400 M pixels in a small file
     with pytest.raises(DataError, match="image '.*bomb.png' has more pixels than PIL opens safely"):
         pil_rgb_loader(str(path))
+
+
+def _epoch_batches(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    return [x for x, _ in loader]
+
+
+def test_worker_loaders_persist_and_replay_an_epoch_after_a_restart():
+    """With workers the loaders are built once (persistent workers); each image's augmentation depends on
+    (seed, epoch, image) only, so a fresh loader (a resumed run) gives epoch 1 exactly as a continuing one."""
+    cfg = parse_args(["--batch-size", "256", "--num-workers", "2"])
+    loaders = build_loaders(cfg)
+    assert loaders.train.persistent_workers and loaders.val.persistent_workers
+    first, second = _epoch_batches(loaders.train, 0), _epoch_batches(loaders.train, 1)
+    resumed = _epoch_batches(build_loaders(cfg).train, 1)
+    assert len(second) == len(resumed) > 0
+    assert all(torch.equal(a, b) for a, b in zip(second, resumed))
+    assert not all(torch.equal(a, b) for a, b in zip(first, second))  # a new epoch, new shifts and order
+    assert len(loaders.train.dataset) == len(loaders.train.sampler)  # one process: every image
+
+
+def test_loaders_without_workers_are_plain():
+    loaders = build_loaders(parse_args(["--batch-size", "32"]))
+    assert not loaders.train.persistent_workers and loaders.train.num_workers == 0
+    x, y = next(iter(loaders.train))
+    assert x.shape[0] == 32 and y.dtype == torch.long

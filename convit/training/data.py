@@ -8,13 +8,14 @@ gives each image exactly once.
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from torchvision.datasets import ImageFolder
 
 from ..errors import UserError
@@ -393,6 +394,53 @@ def train_sampler(dataset, cfg: Config, rank: int, world_size: int):
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.seed)
 
 
+class EpochSeededSampler(Sampler):
+    """A training sampler whose items are ``(seed, index)``: the seed depends on (run seed, epoch, rank, index).
+
+    With persistent loader workers (built once, kept across epochs) a worker's random state runs on from
+    epoch to epoch; keyed by these seeds, each image's augmentation depends only on the run's seed, the
+    epoch and the image, so a resumed run replays an epoch exactly, whatever the number of workers.
+    """
+
+    def __init__(self, sampler, seed: int, rank: int):
+        self.sampler, self.seed, self.rank, self.epoch = sampler, seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        base = (self.seed * 1_000_003 + self.epoch * 7_919 + self.rank) * 2_147_483_647
+        for position, index in enumerate(self.sampler):
+            yield (base + position) % 2**63, index
+
+
+class EpochSeeded(Dataset):
+    """``dataset[index]`` with Python's, NumPy's and torch's random state seeded first from an
+    ``EpochSeededSampler`` item ``(seed, index)``."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name):  # targets, classes, ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, item):
+        seed, index = item
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        return self.dataset[index]
+
+
 def shard(dataset, rank: int, world_size: int) -> Subset:
     """Images rank, rank + world_size, ...: every image on exactly one rank, no padding."""
     return Subset(dataset, range(rank, len(dataset), world_size))
@@ -412,9 +460,15 @@ class Loaders:
 def build_loaders(
     cfg: Config, rank: int = 0, world_size: int = 1, need_train: bool = True, pin_memory: bool = False
 ) -> Loaders:
-    """Train loader (sampled, whole batches only) and sharded val loader for this rank."""
+    """Train loader (sampled, whole batches only) and sharded val loader for this rank.
+
+    Built once per run: with loader workers, they persist across epochs (as timm's do), so that no
+    epoch pays for starting processes; the training images are then seeded per epoch and image
+    (``EpochSeededSampler``).
+    """
     train, val, class_names = build_datasets(cfg, need_train)
-    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=False)
+    workers = cfg.num_workers > 0
+    common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=workers)
     train_loader = None
     if train is not None:
         sampler = train_sampler(train, cfg, rank, world_size)
@@ -424,6 +478,8 @@ def build_loaders(
                 f"only {n_per_rank} training images per process, fewer than --batch-size "
                 f"{cfg.batch_size}; lower the batch size"
             )
+        if workers:
+            train, sampler = EpochSeeded(train), EpochSeededSampler(sampler, cfg.seed, rank)
         train_loader = DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **common)
     val_loader = DataLoader(shard(val, rank, world_size), batch_size=cfg.batch_size, shuffle=False, **common)
     return Loaders(train_loader, val_loader, class_names)

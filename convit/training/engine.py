@@ -342,19 +342,22 @@ def evaluate(model, loader, device, amp_dtype=None) -> dict:
     Pass the bare model (not the DDP wrapper): ranks may hold different numbers of batches.
     """
     model.eval()
-    loss_sum = correct1 = correct5 = n = 0.0
+    # summed on the device and read once at the end: no device synchronisation per batch
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    n = 0
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == targets[:, None]
-        correct1 += hits[:, 0].sum().item()
-        correct5 += hits.any(dim=1).sum().item()
+        sums += torch.stack(
+            [F.cross_entropy(logits, targets, reduction="sum"), hits[:, 0].sum(), hits.any(dim=1).sum()]
+        ).double()
         n += len(targets)
+    loss_sum, correct1, correct5 = sums.tolist()
     loss_sum, correct1, correct5, n = all_reduce_sum([loss_sum, correct1, correct5, n], device)
     denom = max(n, 1)
     return {
