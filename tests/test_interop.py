@@ -18,7 +18,6 @@ from conftest import ROOT, child_env
 
 import convit
 from convit import ConViT
-from convit.attention import is_exporting
 from convit.model import resample_pos_embed
 
 TINY = dict(patch_size=16, embed_dim=32, num_heads=4, depth=2, local_up_to_layer=1, num_classes=5)
@@ -39,6 +38,8 @@ class _Probe(torch.nn.Module):
     """Records what ``is_exporting()`` said during its forward."""
 
     def forward(self, x):
+        from convit.attention import is_exporting
+
         _SEEN.append(is_exporting())
         return x + 1
 
@@ -62,7 +63,7 @@ def test_is_exporting_is_true_under_every_tracer_and_false_when_run():
 
 class _ScriptedProbe(torch.nn.Module):
     def forward(self, x):
-        return torch.ones(1) if is_exporting() else torch.zeros(1)
+        return torch.ones(1) if convit.attention.is_exporting() else torch.zeros(1)
 
 
 def test_legacy_onnx_exporter_exports_a_fixed_size_model_like_a_vit(tmp_path):
