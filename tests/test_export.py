@@ -27,7 +27,8 @@ def model_and_program():
     with torch.no_grad():  # a position embedding that is not flat, so that resampling shows
         model.pos_embed.normal_()
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    height, width = torch.export.Dim("height", min=1, max=32), torch.export.Dim("width", min=1, max=32)
+    # a grid of 2 patches or more: torch.export guards a reshape on grid sides above 1 (a timm ViT alike)
+    height, width = torch.export.Dim("height", min=2, max=32), torch.export.Dim("width", min=2, max=32)
     program = torch.export.export(
         model, (torch.randn(2, 3, 64, 64),), dynamic_shapes={"x": {0: batch, 2: 16 * height, 3: 16 * width}}
     )
