@@ -169,7 +169,7 @@ class GPSA(nn.Module):
         B, N, C = x.shape
         rows, cols = grid_size
         H, d = self.num_heads, self.head_dim
-        if torch.jit.is_scripting():
+        if torch.jit.is_scripting():  # a branch TorchScript resolves while compiling: it skips what follows
             return self._forward_plain(x, grid_size)
         if is_exporting():
             return self._forward_plain(x, grid_size)
