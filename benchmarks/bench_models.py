@@ -2,7 +2,8 @@
 
 All three run interleaved in one process, and each figure is the median over repeats:
 inference images/s, training-step images/s (forward, backward, AdamW step) and the peak memory of a
-training step. CPU fp32 by default; on CUDA, bf16 autocast and ``torch.cuda.max_memory_allocated``.
+training step, beside each model's GFLOPs per image (fvcore's count, multiply-adds, when fvcore is installed;
+else torch's FlopCounterMode, halved to multiply-adds). CPU fp32 by default; on CUDA, bf16 autocast and ``torch.cuda.max_memory_allocated``.
 ``--runs 3`` repeats the timing three times in the process and reports each speed ratio as the median
 and the spread (min-max) over the runs; ``--compile`` times ``torch.compile``d models; ``--no-timm``
 leaves timm's ConVit out (slow at 384 on a CPU); ``--threads`` sets ``torch.set_num_threads``.
@@ -176,6 +177,23 @@ def saved_activation_bytes(model: torch.nn.Module, batch: int, img_size: int, de
     return sum(storages.values())
 
 
+def gflops_per_image(model: torch.nn.Module, img_size: int, device: torch.device) -> tuple[float, str]:
+    """(GFLOPs of one image's inference forward, the counter used), FLOPs counted as multiply-adds."""
+    model.eval()
+    image = torch.randn(1, 3, img_size, img_size, device=device)
+    try:
+        from fvcore.nn import FlopCountAnalysis
+    except ImportError:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            model(image)
+        return counter.get_total_flops() / 2e9, "torch FlopCounterMode / 2"
+    flops = FlopCountAnalysis(model, image).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return flops.total() / 1e9, "fvcore"
+
+
 def time_interleaved(steps: dict[str, Callable], repeats: int, device: torch.device) -> dict[str, float]:
     """Median seconds of each step, the models taking turns inside every repeat."""
     times = {key: [] for key in steps}
@@ -207,6 +225,8 @@ def run(
     """
     torch.manual_seed(0)
     models = build_models(name, img_size, device, timm_convit)
+    # counted first: timm's ConVit caches a tensor in its first forward (inference-mode ones cannot be traced)
+    counted = {k: gflops_per_image(m, img_size, device) for k, m in models.items()}
     timed = {key: torch.compile(model) for key, model in models.items()} if compile else models
     infer, train = {}, {}
     for key, model in timed.items():
@@ -246,6 +266,8 @@ def run(
         "train_images_per_s": {k: batch / v for k, v in train_s.items()},
         "spread": spread,
     }
+    result["gflops_per_image"] = {k: value for k, (value, _) in counted.items()}
+    result["flops_counter"] = next(iter(counted.values()))[1]
     result["saved_activations_mib"] = {
         k: saved_activation_bytes(m, batch, img_size, device) / 2**20 for k, m in models.items()
     }  # eager modules: what autograd keeps without a compiler
@@ -254,7 +276,13 @@ def run(
             k: peak_train_memory(name, k, batch, img_size, device, compile) / 2**20 for k in models
         }
     ratios = {}
-    for figure in ("inference_images_per_s", "train_images_per_s", "train_peak_memory_mib", "saved_activations_mib"):
+    for figure in (
+        "inference_images_per_s",
+        "train_images_per_s",
+        "gflops_per_image",
+        "train_peak_memory_mib",
+        "saved_activations_mib",
+    ):
         if figure in result:
             values = result[figure]
             ratios[figure] = {f"{a}/{b}": values[a] / values[b] for a, b in pairs}
@@ -279,13 +307,14 @@ def format_table(result: dict) -> str:
     for figure, label in (
         ("inference_images_per_s", "inference img/s"),
         ("train_images_per_s", "train-step img/s"),
+        ("gflops_per_image", f"GFLOPs per image ({result.get('flops_counter', 'fvcore')})"),
         ("train_peak_memory_mib", "train-step peak MiB"),
         ("saved_activations_mib", "activations saved for backward, MiB"),
     ):
         if figure not in result:
             continue
         v, r = result[figure], result["ratios"][figure]
-        cells = [f"{v[k]:.1f}" for k in keys]
+        cells = [f"{v[k]:.3f}" if figure == "gflops_per_image" else f"{v[k]:.1f}" for k in keys]
         for pair in pairs:
             runs = result.get("spread", {}).get(figure, {}).get(pair)
             if runs and len(runs) > 1:

@@ -169,12 +169,21 @@ class GPSA(nn.Module):
         B, N, C = x.shape
         rows, cols = grid_size
         H, d = self.num_heads, self.head_dim
-        # one GEMM for q, k and v (timm's parameter layout keeps qk and v apart)
-        weight = torch.cat((self.qk.weight, self.v.weight))
-        bias = None
-        if self.qk.bias is not None and self.v.bias is not None:
-            bias = torch.cat((self.qk.bias, self.v.bias))
-        q, k, v = F.linear(x, weight, bias).view(B, N, 3, H, d).unbind(2)  # each B x N x H x d
+        if torch.jit.is_scripting():  # a branch TorchScript resolves while compiling: it skips what follows
+            return self._forward_plain(x, grid_size)
+        if is_exporting():
+            return self._forward_plain(x, grid_size)
+        if _hooked(self.qk) or _hooked(self.v):
+            # hooks (thop, activation capture) see their modules run
+            qk = self.qk(x).view(B, N, 2, H, d)
+            q, k, v = qk[:, :, 0], qk[:, :, 1], self.v(x).view(B, N, H, d)
+        else:
+            # one GEMM for q, k and v (timm's parameter layout keeps qk and v apart)
+            weight = torch.cat((self.qk.weight, self.v.weight))
+            bias = None
+            if self.qk.bias is not None and self.v.bias is not None:
+                bias = torch.cat((self.qk.bias, self.v.bias))
+            q, k, v = F.linear(x, weight, bias).view(B, N, 3, H, d).unbind(2)  # each B x N x H x d
         content = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
         gate = self.gate()
@@ -182,29 +191,83 @@ class GPSA(nn.Module):
         p_cols = p_cols * gate.view(H, 1, 1)  # folds the gate into the positional term
         p_rows, p_cols, keep = p_rows.to(v.dtype), p_cols.to(v.dtype), (1.0 - gate).to(v.dtype)
         v = v.view(B, rows, cols, H, d)
-        if torch.jit.is_scripting():
-            return _mix_einsum(v, content, p_rows, p_cols, keep).reshape(B, N, C)
-        if _is_tracing():  # graphs others run or fuse: plain functional ops
-            return _mix_einsum(v, content, p_rows, p_cols, keep).reshape(B, N, C)
         if torch.is_grad_enabled():
             return _PositionalMix.apply(v, content, p_rows, p_cols, keep).reshape(B, N, C)
         return _mix(v, content, p_rows, p_cols, keep).reshape(B, N, C)
 
+    def _forward_plain(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        """The fast path in plain functional ops, batch first (what ``is_exporting()`` callers record).
 
-def _is_tracing() -> bool:
-    """True while torch.compile, torch.export, the ONNX exporters or an FX tracer (torchvision's feature
-    extractor) trace: they get plain functional ops, not the autograd.Function, its loop over heads nor an
-    ``out=`` argument (inductor fuses the functional form itself)."""
+        Every module runs as a module, every product is a matmul with its full operands, so exporters need no
+        custom op and FLOP counters see the arithmetic; no reshape depends on a size being 1 (a dynamic batch
+        exports valid down to 1).
+        """
+        B, N, C = x.shape
+        rows, cols = grid_size
+        H, d = self.num_heads, self.head_dim
+        q, k = self.qk(x).reshape(B, N, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+        v = self.v(x).reshape(B, N, H, d).permute(0, 2, 1, 3)  # B x H x N x d
+        content = attention_plain(q, k, v, self.scale)
+        gate = self.gate()
+        p_rows, p_cols = self._separable_positional(grid_size)
+        p_cols = p_cols * gate.view(H, 1, 1)
+        keep = (1.0 - gate).to(v.dtype).view(1, H, 1, 1)
+        # (B, H, d, rows, cols): the column factor contracts the last axis, then the row factor
+        grid = v.transpose(2, 3).reshape(B, H, d, rows, cols)
+        pos = torch.matmul(grid, p_cols.to(v.dtype).transpose(1, 2).reshape(1, H, 1, cols, cols))
+        pos = torch.matmul(pos.transpose(3, 4), p_rows.to(v.dtype).transpose(1, 2).reshape(1, H, 1, rows, rows))
+        pos = pos.permute(0, 1, 4, 3, 2).reshape(B, H, N, d)  # B x H x (rows, cols) x d
+        return (content * keep + pos).transpose(1, 2).reshape(B, N, C)
+
+
+def attention_plain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v on B x H x N x d, as SDPA computes it; under ``torch.jit.trace`` (the graph FLOP
+    counters such as fvcore read, which have no rule for SDPA) as two matmuls and a softmax."""
+    if torch.jit.is_tracing():
+        return ((q @ k.transpose(-2, -1)) * scale).softmax(dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """True when forward hooks (the module's or global ones) wait for ``module`` to run."""
+    hooks = torch.nn.modules.module
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or hooks._global_forward_hooks
+        or hooks._global_forward_pre_hooks
+    )
+
+
+@torch.jit.unused
+def _recording() -> bool:
     # is_fx_tracing() warns on every first call in torch >= 2.9; is_fx_symbolic_tracing() is its quiet twin
     fx = torch.fx._symbolic_trace
     fx_tracing = getattr(fx, "is_fx_symbolic_tracing", fx.is_fx_tracing)()
-    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export() or fx_tracing
+    return (
+        torch.compiler.is_compiling()  # torch.compile, torch.export and the dynamo ONNX exporter
+        or torch.onnx.is_in_onnx_export()
+        or torch.jit.is_tracing()  # torch.jit.trace, the legacy ONNX exporter, fvcore
+        or fx_tracing
+    )
+
+
+def is_exporting() -> bool:
+    """True while a tool records the model instead of running it: torch.compile, torch.export, the ONNX exporters
+    (legacy and dynamo), torch.fx symbolic tracing, ``torch.jit.trace`` and ``torch.jit.script``.
+
+    They all get the plain-op form: no autograd.Function, no loop over heads, no ``out=`` argument, no Python
+    test on a size (inductor fuses the functional form itself). Eager calls take the fast path.
+    """
+    if torch.jit.is_scripting():
+        return True
+    return _recording()
 
 
 def _mix_einsum(
     v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, keep: torch.Tensor
 ) -> torch.Tensor:
-    """The positional mix as two einsums (TorchScript's path): same result as ``_mix``."""
+    """The positional mix as two einsums on timm's layout: same result as ``_mix`` (the benchmarks compare them)."""
     B, rows, cols, H, d = v.shape
     pos = torch.einsum("hcj,brjhd->brchd", p_cols, v)
     pos = torch.einsum("hri,bichd->brchd", p_rows, pos)
@@ -338,7 +401,9 @@ class MHSA(nn.Module):
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self._qkv(x)
-        if self.fused_attn:
+        if self.fused_attn and not (self.training and self.attn_drop.p > 0.0) and is_exporting():
+            x = attention_plain(q, k, v, self.scale)
+        elif self.fused_attn:
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
             attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)

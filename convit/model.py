@@ -21,7 +21,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import GPSA, MHSA
+from .attention import GPSA, MHSA, is_exporting
 
 
 @register_notrace_function  # FX cannot trace the Python checks on the image size
@@ -61,24 +61,62 @@ def resample_pos_embed(
 ) -> torch.Tensor:
     """Position embedding (1 x N x C) of a ``trained_grid`` patch grid, resampled bicubically to ``grid_size``.
 
-    Written here rather than taken from timm's ``resample_abs_pos_embed`` because that one is not
-    TorchScript-compatible and always resamples when exporting.
+    ``F.interpolate(mode="bicubic", antialias=True)`` when run; under ``is_exporting()`` the same resampling as
+    two matmuls with its interpolation weights (every exporter supports them, none the antialiased op), always
+    (sizes are symbolic there; at the same size the weights are the identity). Written here rather than taken
+    from timm's ``resample_abs_pos_embed``, which is not TorchScript-compatible.
     """
+    if is_exporting() and not torch.jit.is_scripting():
+        return _resample_plain(pos_embed, grid_size, trained_grid)
+    if grid_size[0] == trained_grid[0] and grid_size[1] == trained_grid[1]:
+        return pos_embed
     if torch.jit.is_scripting():
-        if grid_size[0] == trained_grid[0] and grid_size[1] == trained_grid[1]:
-            return pos_embed
-    elif not _is_tracing() and grid_size[0] == trained_grid[0] and grid_size[1] == trained_grid[1]:
-        return pos_embed  # exporters see symbolic sizes: they always resample, the identity at the same size
+        return _resample_plain(pos_embed, grid_size, trained_grid)
     width = pos_embed.shape[-1]
     grid = pos_embed.reshape(1, trained_grid[0], trained_grid[1], width).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=grid_size, mode="bicubic", align_corners=False, antialias=True)
     return grid.permute(0, 2, 3, 1).reshape(1, grid_size[0] * grid_size[1], width).to(pos_embed.dtype)
 
 
-def _is_tracing() -> bool:
-    """True under torch.export, the ONNX exporters and torch.jit.trace, where a size test would pin the size."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+def antialias_bicubic_weights(out_size: int, in_size: int, device: torch.device) -> torch.Tensor:
+    """The (out_size x in_size) matrix that ``F.interpolate(mode="bicubic", antialias=True, align_corners=False)``
+    applies along one axis: Keys' cubic with a = -0.5, widened by the scale when shrinking, rows normalised."""
+    i = torch.arange(out_size, dtype=torch.float32, device=device)
+    j = torch.arange(in_size, dtype=torch.float32, device=device)
+    scale = torch.full_like(i, float(in_size)) / out_size
+    stretch = scale.clamp(min=1.0)
+    center = scale * (i + 0.5)
+    low = torch.floor(center - 2.0 * stretch + 0.5).clamp(min=0.0)
+    high = torch.floor(center + 2.0 * stretch + 0.5)
+    x = ((j[None, :] - center[:, None] + 0.5) / stretch[:, None]).abs()
+    near = (1.5 * x - 2.5) * x * x + 1.0
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * -0.5
+    w = torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
+    w = w * ((j[None, :] >= low[:, None]) & (j[None, :] < high[:, None])).to(w.dtype)
+    return w / w.sum(dim=-1, keepdim=True)
 
+
+def _resample_plain(pos_embed: torch.Tensor, grid_size: tuple[int, int], trained_grid: tuple[int, int]) -> torch.Tensor:
+    rows, cols = trained_grid
+    width = pos_embed.shape[-1]
+    weight_rows = antialias_bicubic_weights(grid_size[0], rows, pos_embed.device)
+    weight_cols = antialias_bicubic_weights(grid_size[1], cols, pos_embed.device)
+    grid = pos_embed.float().reshape(rows, cols * width)
+    grid = torch.matmul(weight_rows, grid).reshape(grid_size[0], cols, width).transpose(0, 1)
+    grid = torch.matmul(weight_cols, grid.reshape(cols, grid_size[0] * width))
+    grid = grid.reshape(grid_size[1], grid_size[0], width).transpose(0, 1)
+    return grid.reshape(1, grid_size[0] * grid_size[1], width).to(pos_embed.dtype)
+
+
+# The six variants, as timm's ConVit entry points build them: name: (num_heads, width per head)
+VARIANT_WIDTHS = {
+    "convit_tiny": (4, 48),
+    "convit_tiny_plus": (4, 64),
+    "convit_small": (9, 48),
+    "convit_small_plus": (9, 64),
+    "convit_base": (16, 48),
+    "convit_base_plus": (16, 64),
+}
 
 # Leaf calls for every torch.fx tracer (torchvision's create_feature_extractor too, not only timm's).
 torch.fx.wrap("check_image")
@@ -187,7 +225,7 @@ class ConViT(nn.Module):
             in_chans=in_chans,
             embed_dim=embed_dim,
             output_fmt="NHWC",
-            strict_img_size=False,
+            strict_img_size=not dynamic_img_size,  # timm reads fixed_input_size off it
         )
         self.patch_size: tuple[int, int] = (int(self.patch_embed.patch_size[0]), int(self.patch_embed.patch_size[1]))
         self.trained_grid: tuple[int, int] = (int(self.patch_embed.grid_size[0]), int(self.patch_embed.grid_size[1]))
@@ -252,6 +290,29 @@ class ConViT(nn.Module):
             )
         state_dict[key] = resample_pos_embed(loaded, self.trained_grid, (side, side))
 
+    @property
+    @torch.jit.unused
+    def _model_args(self) -> dict:
+        """The arguments timm's ``save_for_hf`` records, in timm's ``ConVit`` convention (``embed_dim`` per head),
+        so that plain timm builds a saved folder whenever its ConVit can; arguments that change neither the weights
+        nor the output (``fused_attn``, ``local_init``, ``dynamic_img_size=False``) are left out, and so are the
+        variant's own width and heads (its entry point, ours or timm's, supplies them)."""
+        args = dict(self.__dict__.get("_factory_args", {}))
+        for key in ("fused_attn", "local_init"):
+            args.pop(key, None)
+        if not args.get("dynamic_img_size", False):
+            args.pop("dynamic_img_size", None)
+        for key in ("embed_dim", "num_heads"):
+            args.pop(key, None)
+        heads, width = VARIANT_WIDTHS.get(getattr(self, "pretrained_cfg", {}).get("architecture"), (0, 0))
+        if (heads, width) != (self.num_heads, self.embed_dim // self.num_heads):
+            args.update(embed_dim=self.embed_dim // self.num_heads, num_heads=self.num_heads)
+        return args
+
+    @_model_args.setter
+    def _model_args(self, args: dict) -> None:  # timm's factory records the create_model arguments here
+        self.__dict__["_factory_args"] = dict(args)
+
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
         return {"pos_embed", "cls_token"}
@@ -291,7 +352,10 @@ class ConViT(nn.Module):
         grid_size = (x.shape[1], x.shape[2])
         x = x.flatten(1, 2)
         if self.use_pos_embed:
-            x = resample_pos_embed(self.pos_embed, grid_size, self.trained_grid) + x
+            pos_embed = self.pos_embed
+            if self.dynamic_img_size:  # a fixed-size model refused other sizes in check_image
+                pos_embed = resample_pos_embed(pos_embed, grid_size, self.trained_grid)
+            x = pos_embed + x
         # token-major: left in the convolution's channel-major strides, every residual add and LayerNorm of the
         # GPSA blocks (which run before the class token's concatenation makes a copy) works on strided memory.
         # The sum above takes its first operand's token-major layout, so contiguous() copies only without it.

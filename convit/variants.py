@@ -12,17 +12,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .errors import UserError
-from .model import ConViT
+from .model import VARIANT_WIDTHS, ConViT
 
-# name: (num_heads, width per head)
-VARIANTS = {
-    "convit_tiny": (4, 48),
-    "convit_tiny_plus": (4, 64),
-    "convit_small": (9, 48),
-    "convit_small_plus": (9, 64),
-    "convit_base": (16, 48),
-    "convit_base_plus": (16, 64),
-}
+VARIANTS = VARIANT_WIDTHS  # name: (num_heads, width per head)
 # timm publishes ImageNet-1k weights for these; the "+" models have none.
 PUBLISHED_WEIGHTS = ("convit_tiny", "convit_small", "convit_base")
 
@@ -77,6 +69,10 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: ConViT) -> dict[str,
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> ConViT:
     num_heads, head_width = VARIANTS[variant]
+    saved = kwargs.get("pretrained_model_args") or {}
+    if "embed_dim" in saved and kwargs.get("embed_dim") == saved["embed_dim"]:
+        # a saved config (timm's save_for_hf, the hub) gives timm's ConVit convention: the width per head
+        kwargs["embed_dim"] = saved["embed_dim"] * kwargs.get("num_heads", num_heads)
     model_args = dict(
         embed_dim=num_heads * head_width, num_heads=num_heads, depth=12, local_up_to_layer=10, locality_strength=1.0
     )

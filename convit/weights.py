@@ -112,13 +112,40 @@ def _diff(expected: dict, got: dict):
     return sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
 
 
+def inferred_settings(ckpt: dict, state_dict: dict) -> dict:
+    """What a foreign checkpoint says about its model: ``model`` from timm's ``arch`` (its train.py records
+    the ``--model`` it was given), ``img_size`` from its ``args.img_size`` / ``args.input_size``, else from the
+    grid of its position embedding times the patch size. Keys it does not tell are left out."""
+    settings = {}
+    arch = ckpt.get("arch")
+    if isinstance(arch, str) and arch:
+        settings["model"] = arch.split(":")[-1].split("/")[-1].split(".")[0]  # hf-hub:timm/convit_tiny.fb_in1k
+    args = ckpt.get("args")
+    size = getattr(args, "img_size", None)
+    input_size = getattr(args, "input_size", None)
+    if isinstance(input_size, (list, tuple)) and len(input_size) == 3:
+        size = tuple(int(v) for v in input_size[1:])
+    if isinstance(size, (list, tuple)):
+        size = tuple(int(v) for v in size)
+        size = size[0] if len(set(size)) == 1 else size
+    if size is None and "pos_embed" in state_dict and "patch_embed.proj.weight" in state_dict:
+        side = int(round(state_dict["pos_embed"].shape[1] ** 0.5))
+        if side * side == state_dict["pos_embed"].shape[1]:
+            size = side * int(state_dict["patch_embed.proj.weight"].shape[-1])
+    if size is not None:
+        settings["img_size"] = size
+    return settings
+
+
 def model_from_checkpoint(
     path: str | Path, name: str | None = None, use_ema: bool = False, **overrides
 ) -> tuple[torch.nn.Module, dict]:
     """(model holding the checkpoint's weights, the checkpoint) for ours, timm's or the authors' files.
 
-    Ours name their model and its arguments; for the others pass `name` (the variant); the number of
-    classes and input channels are read off the weights, `overrides` go to the model's constructor.
+    Ours name their model and its arguments; timm's train.py's name theirs (``arch``) and its input size
+    (``args``); for the others pass `name` (the variant). The number of classes and input channels are read
+    off the weights, the image size off ``args`` or the position embedding (``inferred_settings``);
+    `overrides` go to the model's constructor.
     """
     ckpt = read_checkpoint(path)
     state_dict = extract_state_dict(ckpt, use_ema=use_ema)
@@ -126,6 +153,10 @@ def model_from_checkpoint(
         kwargs = {k: v for k, v in ckpt["model_kwargs"].items() if k not in ("drop_rate", "drop_path_rate")}
         model = create_model(name or ckpt["model_name"], ckpt["num_classes"], **{**kwargs, **overrides})
     else:
+        inferred = inferred_settings(ckpt, state_dict)
+        name = name or inferred.get("model")
+        if "img_size" in inferred and "img_size" not in overrides:
+            overrides = {**overrides, "img_size": inferred["img_size"]}
         if not name:
             raise CheckpointError(
                 f"'{path}' is not from train.py; name its variant with --model, e.g. --model convit_small"

@@ -25,7 +25,7 @@ from convit.training.data import DataError, build_loaders
 from convit.training.distributed import cleanup, init_distributed
 from convit.training.engine import evaluate
 from convit.variants import create_model
-from convit.weights import FORMAT, model_from_checkpoint
+from convit.weights import FORMAT, extract_state_dict, inferred_settings, model_from_checkpoint
 
 
 def parse_args(argv=None):
@@ -83,8 +83,17 @@ def load_model(args):
     )
     if ckpt.get("format") == FORMAT:
         return model, from_dict(ckpt["config"]), ckpt.get("class_names")
+    inferred = inferred_settings(ckpt, extract_state_dict(ckpt, use_ema=args.use_ema))
+    told = {"model": args.model, "img_size": args.img_size}
+    inferred = {k: v for k, v in inferred.items() if told[k] is None}
+    if inferred and int(os.environ.get("RANK", "0")) == 0:
+        said = " ".join(f"{'--model' if k == 'model' else '--img-size'} {v}" for k, v in inferred.items())
+        print(f"note: read {said} from the checkpoint; pass them to override", flush=True)
     cfg = Config(
-        model=args.model, model_kwargs={"in_chans": model.in_chans}, img_size=model.img_size[0], data="imagefolder"
+        model=args.model or inferred.get("model"),
+        model_kwargs={"in_chans": model.in_chans},
+        img_size=model.img_size[0],
+        data="imagefolder",
     )
     return model, cfg, None
 
