@@ -21,7 +21,8 @@ class Preempted(Exception):
     """Raised by the training loop once every rank has agreed to stop."""
 
     def __init__(self, signum: int, epoch: int, step: int | None):
-        super().__init__(signal.Signals(signum).name)
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(self.signal_name)
         self.signum, self.epoch, self.step = signum, epoch, step
 
 

@@ -393,15 +393,9 @@ def preempted_line(p: Preempted, out: Path) -> str:
         else "no epoch was complete, so the run starts afresh"
     )
     return (
-        f"stopped by {signal_name(p.signum)} {where}; {kept}; continue with the same command and --resume auto "
+        f"stopped by {p.signal_name} {where}; {kept}; continue with the same command and --resume auto "
         f"(exit code {PREEMPTED_EXIT_CODE})"
     )
-
-
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
 
 
 def cli() -> None:
