@@ -22,7 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from timm.models.vision_transformer import Attention  # noqa: E402
 
-from convit.attention import GPSA, _mix_einsum  # noqa: E402
+from convit.attention import GPSA, mix_positional_einsum  # noqa: E402
 
 SHAPES = (
     ("ConViT-Ti 224", 16, 14, 192, 4),
@@ -41,12 +41,12 @@ def _terms(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]):
     q, k, v = F.linear(x, weight).view(B, N, 3, H, C // H).unbind(2)
     content = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     gate = layer.gate()
-    p_rows, p_cols = layer._separable_positional(grid)
+    p_rows, p_cols = layer.separable_positional(grid)
     return v.view(B, *grid, H, C // H), content, p_rows, p_cols * gate.view(H, 1, 1), 1 - gate
 
 
 def einsum_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    return layer.proj(_mix_einsum(*_terms(layer, x, grid)).reshape(x.shape))
+    return layer.proj(mix_positional_einsum(*_terms(layer, x, grid)).reshape(x.shape))
 
 
 def grid_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -4,14 +4,20 @@ The zoo needs only torch and timm: the training system (``convit.training``) and
 (``convit.locality``) are imported only when asked for.
 """
 
-import sys
-
 from .attention import GPSA, MHSA
 from .errors import UserError
 from .model import ConViT
-from .variants import VARIANTS, checkpoint_filter_fn, create_model, register_models
-
-register_models(sys.modules[__name__])
+from .variants import (
+    VARIANTS,
+    checkpoint_filter_fn,
+    convit_base,
+    convit_base_plus,
+    convit_small,
+    convit_small_plus,
+    convit_tiny,
+    convit_tiny_plus,
+    create_model,
+)
 
 __all__ = ["ConViT", "GPSA", "MHSA", "UserError", "VARIANTS", "checkpoint_filter_fn", "create_model", *VARIANTS]
 __version__ = "0.1.0"

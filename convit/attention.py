@@ -122,7 +122,7 @@ class GPSA(nn.Module):
         score = F.linear(rel, self.pos_proj.weight.float(), self.pos_proj.bias.float())
         return score.permute(2, 0, 1).softmax(dim=-1)
 
-    def _separable_positional(self, grid_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def separable_positional(self, grid_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Row and column factors of the positional attention: H x rows x rows and H x cols x cols.
 
         score(dx, dy) = (w0 dx + w2 dx^2 + b) + (w1 dy + w2 dy^2). The bias cancels in the softmax; it is
@@ -187,13 +187,13 @@ class GPSA(nn.Module):
         content = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
 
         gate = self.gate()
-        p_rows, p_cols = self._separable_positional(grid_size)
+        p_rows, p_cols = self.separable_positional(grid_size)
         p_cols = p_cols * gate.view(H, 1, 1)  # folds the gate into the positional term
         p_rows, p_cols, keep = p_rows.to(v.dtype), p_cols.to(v.dtype), (1.0 - gate).to(v.dtype)
         v = v.view(B, rows, cols, H, d)
         if torch.is_grad_enabled():
             return _PositionalMix.apply(v, content, p_rows, p_cols, keep).reshape(B, N, C)
-        return _mix(v, content, p_rows, p_cols, keep).reshape(B, N, C)
+        return mix_positional(v, content, p_rows, p_cols, keep).reshape(B, N, C)
 
     def _forward_plain(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         """The fast path in plain functional ops, batch first (what ``is_exporting()`` callers record).
@@ -209,7 +209,7 @@ class GPSA(nn.Module):
         v = self.v(x).reshape(B, N, H, d).permute(0, 2, 1, 3)  # B x H x N x d
         content = attention_plain(q, k, v, self.scale)
         gate = self.gate()
-        p_rows, p_cols = self._separable_positional(grid_size)
+        p_rows, p_cols = self.separable_positional(grid_size)
         p_cols = p_cols * gate.view(H, 1, 1)
         keep = (1.0 - gate).to(v.dtype).view(1, H, 1, 1)
         # (B, H, d, rows, cols): the column factor contracts the last axis, then the row factor
@@ -264,10 +264,10 @@ def is_exporting() -> bool:
     return _recording()
 
 
-def _mix_einsum(
+def mix_positional_einsum(
     v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, keep: torch.Tensor
 ) -> torch.Tensor:
-    """The positional mix as two einsums on timm's layout: same result as ``_mix`` (the benchmarks compare them)."""
+    """The positional mix as two einsums on timm's layout: same result as ``mix_positional`` (the benchmarks compare them)."""
     B, rows, cols, H, d = v.shape
     pos = torch.einsum("hcj,brjhd->brchd", p_cols, v)
     pos = torch.einsum("hri,bichd->brchd", p_rows, pos)
@@ -293,17 +293,15 @@ def _apply_rows(t: torch.Tensor, p_rows: torch.Tensor, out: torch.Tensor | None 
     return out
 
 
-def _mix(v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, keep: torch.Tensor):
+def mix_positional(v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, keep: torch.Tensor):
     """``keep_h * content_h + (p_rows_h (x) p_cols_h) v_h``, returned as B x rows x cols x H x d (contiguous).
 
     Why this form: the column factor reads V where the qkv GEMM left it (one batched GEMM per head, no copy of
     V), its head-major output is exactly the (rows x cols*d) matrix the row factor multiplies, and the one
     pass that mixes in the content term writes token-major order into the column factor's buffer, free by
     then: two new B x N x C tensors per layer, where copying V into a grid layout first took four (each one
-    memory traffic a ViT attention does not have). benchmarks/bench_gpsa_layout.py measures this form beside
-    that grid form and the einsum form on timm's layout (``_mix_einsum``, which permutes V around each factor):
-    their forward time / this form's, ConViT-Ti/S at 224 and 384, 1 and 2 threads, 2-core CPU: grid 0.99-1.18,
-    einsum 0.97-1.14; a training step (theirs with plain autograd, keeping their intermediates) 0.94-1.03.
+    memory traffic a ViT attention does not have). ``benchmarks/bench_gpsa_layout.py`` times this form beside
+    the grid form and ``mix_positional_einsum`` (timm's layout); docs/performance.md holds the figures.
     """
     B, rows, cols, H, d = v.shape
     buffer = torch.empty((H, B, rows, cols, d), dtype=v.dtype, device=v.device)
@@ -313,14 +311,14 @@ def _mix(v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: t
 
 
 class _PositionalMix(torch.autograd.Function):
-    """``_mix`` with a backward that saves only V and the content output (both already kept by SDPA's own
+    """``mix_positional`` with a backward that saves only V and the content output (both already kept by SDPA's own
     backward, so no new activation) and the small factors; the column factor's output is recomputed (from a
     head-major copy of V made in the backward)."""
 
     @staticmethod
     def forward(ctx, v, content, p_rows, p_cols, keep):
         ctx.save_for_backward(v, content, p_rows, p_cols, keep)
-        return _mix(v, content, p_rows, p_cols, keep)
+        return mix_positional(v, content, p_rows, p_cols, keep)
 
     @staticmethod
     def backward(ctx, grad_out):

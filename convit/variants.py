@@ -1,10 +1,12 @@
-"""The paper's six ConViT models, registered with timm under timm's own names (replacing timm's entries).
+"""The paper's six ConViT models, one ``@register_model`` function each, under timm's own names (replacing timm's
+entries; timm files them under module ``variants``).
 
 Every model has depth 12, 10 GPSA blocks and locality strength 1; they differ in heads and head width.
 """
 
 import inspect
 import warnings
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -90,26 +92,45 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> ConViT:
     return model
 
 
-def _entrypoint(variant: str):
-    def create(pretrained: bool = False, **kwargs) -> ConViT:
-        return _create(variant, pretrained, **kwargs)
-
-    create.__name__ = create.__qualname__ = variant
-    create.__module__ = "convit"  # timm files a model under its entry point's module: list_models(module="convit")
-    create.__doc__ = (
-        f"{variant}: {VARIANTS[variant][0]} heads x {VARIANTS[variant][1]} channels, depth 12, 10 GPSA blocks."
-    )
-    return create
-
-
-def register_models(package) -> None:
-    """Register the six entry points with timm under module ``convit`` (``package``), replacing timm's own."""
-    package.default_cfgs = default_cfgs  # timm reads the pretrained cfgs from the entry point's module
+@contextmanager
+def _replacing_timm_entries():
+    """Silence timm's overwrite warning: replacing its own ``convit_*`` entries is intended."""
     with warnings.catch_warnings():
-        # replacing timm's own convit_* entries is intended; timm warns on every overwrite
         warnings.filterwarnings("ignore", message="Overwriting convit_")
-        for variant in VARIANTS:
-            setattr(package, variant, register_model(_entrypoint(variant)))
+        yield
+
+
+with _replacing_timm_entries():
+
+    @register_model
+    def convit_tiny(pretrained: bool = False, **kwargs) -> ConViT:
+        """ConViT-Ti: 4 heads x 48 channels, depth 12, 10 GPSA blocks."""
+        return _create("convit_tiny", pretrained, **kwargs)
+
+    @register_model
+    def convit_tiny_plus(pretrained: bool = False, **kwargs) -> ConViT:
+        """ConViT-Ti+: 4 heads x 64 channels, depth 12, 10 GPSA blocks."""
+        return _create("convit_tiny_plus", pretrained, **kwargs)
+
+    @register_model
+    def convit_small(pretrained: bool = False, **kwargs) -> ConViT:
+        """ConViT-S: 9 heads x 48 channels, depth 12, 10 GPSA blocks."""
+        return _create("convit_small", pretrained, **kwargs)
+
+    @register_model
+    def convit_small_plus(pretrained: bool = False, **kwargs) -> ConViT:
+        """ConViT-S+: 9 heads x 64 channels, depth 12, 10 GPSA blocks."""
+        return _create("convit_small_plus", pretrained, **kwargs)
+
+    @register_model
+    def convit_base(pretrained: bool = False, **kwargs) -> ConViT:
+        """ConViT-B: 16 heads x 48 channels, depth 12, 10 GPSA blocks."""
+        return _create("convit_base", pretrained, **kwargs)
+
+    @register_model
+    def convit_base_plus(pretrained: bool = False, **kwargs) -> ConViT:
+        """ConViT-B+: 16 heads x 64 channels, depth 12, 10 GPSA blocks."""
+        return _create("convit_base_plus", pretrained, **kwargs)
 
 
 def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) -> ConViT:

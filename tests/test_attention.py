@@ -95,7 +95,7 @@ def test_relative_offsets_match_timm_convention():
 def test_positional_factors_have_no_denormals():
     layer = GPSA(64, 16, locality_strength=8.0)
     layer.local_init()
-    p_rows, p_cols = layer._separable_positional((24, 24))
+    p_rows, p_cols = layer.separable_positional((24, 24))
     tiny = torch.finfo(torch.float32).tiny
     for p in (p_rows, p_cols):
         assert not ((p != 0) & (p.abs() < tiny)).any()
@@ -104,7 +104,7 @@ def test_positional_factors_have_no_denormals():
 
 def test_separable_factors_rebuild_the_positional_attention():
     layer = perturbed_gpsa(36, 9)
-    p_rows, p_cols = layer._separable_positional((3, 5))
+    p_rows, p_cols = layer.separable_positional((3, 5))
     kron = torch.stack([torch.kron(r, c) for r, c in zip(p_rows, p_cols)])
     torch.testing.assert_close(kron, layer.positional_attention((3, 5)), rtol=1e-5, atol=1e-7)
 
@@ -162,14 +162,14 @@ def test_positional_mix_gradcheck_float64():
 
 
 def test_positional_mix_equals_the_einsum_form():
-    from convit.attention import _mix, _mix_einsum
+    from convit.attention import mix_positional, mix_positional_einsum
 
     B, rows, cols, H, d = 2, 3, 5, 3, 4
     v = torch.randn(B, rows, cols, H, d)
     content = torch.randn(B, H, rows * cols, d)
     p_rows, p_cols = torch.rand(H, rows, rows), torch.rand(H, cols, cols)
     keep = torch.rand(H)
-    torch.testing.assert_close(_mix(v, content, p_rows, p_cols, keep), _mix_einsum(v, content, p_rows, p_cols, keep))
+    torch.testing.assert_close(mix_positional(v, content, p_rows, p_cols, keep), mix_positional_einsum(v, content, p_rows, p_cols, keep))
 
 
 def test_fast_path_saves_no_more_than_sdpa_and_the_projections():

@@ -207,8 +207,14 @@ def test_create_model_checks_name_and_arguments():
         create_model("convit_tiny", 10, embed_dim=96, num_heads=5)
 
 
-def test_models_are_filed_under_module_convit():
-    assert timm.list_models(module="convit") == sorted(VARIANTS)
+def test_each_variant_is_one_registered_function():
+    import convit.variants
+
+    assert timm.list_models("convit_*") == sorted(VARIANTS)
+    assert timm.list_models(module="variants") == sorted(VARIANTS)
+    for name in VARIANTS:
+        assert timm.models.model_entrypoint(name) is getattr(convit.variants, name)
+        assert timm.models.get_pretrained_cfg(name) is not None
 
 
 def test_another_input_size_is_an_error_unless_dynamic():
