@@ -19,5 +19,19 @@ from .variants import (
     create_model,
 )
 
-__all__ = ["ConViT", "GPSA", "MHSA", "UserError", "VARIANTS", "checkpoint_filter_fn", "create_model", *VARIANTS]
+__all__ = [
+    "GPSA",
+    "MHSA",
+    "VARIANTS",
+    "ConViT",
+    "UserError",
+    "checkpoint_filter_fn",
+    "convit_base",
+    "convit_base_plus",
+    "convit_small",
+    "convit_small_plus",
+    "convit_tiny",
+    "convit_tiny_plus",
+    "create_model",
+]
 __version__ = "0.1.0"

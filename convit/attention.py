@@ -293,7 +293,9 @@ def _apply_rows(t: torch.Tensor, p_rows: torch.Tensor, out: torch.Tensor | None 
     return out
 
 
-def mix_positional(v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, keep: torch.Tensor):
+def mix_positional(
+    v: torch.Tensor, content: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, keep: torch.Tensor
+):
     """``keep_h * content_h + (p_rows_h (x) p_cols_h) v_h``, returned as B x rows x cols x H x d (contiguous).
 
     Why this form: the column factor reads V where the qkv GEMM left it (one batched GEMM per head, no copy of

@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing it
     sys.path.insert(0, str(ROOT))
 
+from convit.data import DigitsDataset, build_loaders, class_balanced_subset, digits_split, input_channels  # noqa: E402
 from convit.errors import UserError, run_entry_point  # noqa: E402
 from convit.locality import locality_report  # noqa: E402
 from convit.training.config import Config, load_recipe, validate  # noqa: E402
-from convit.training.data import DigitsDataset, build_loaders, class_balanced_subset, digits_split, input_channels  # noqa: E402
 from convit.training.engine import (  # noqa: E402
     build_optimizer,
     build_scheduler,

@@ -169,7 +169,9 @@ def test_positional_mix_equals_the_einsum_form():
     content = torch.randn(B, H, rows * cols, d)
     p_rows, p_cols = torch.rand(H, rows, rows), torch.rand(H, cols, cols)
     keep = torch.rand(H)
-    torch.testing.assert_close(mix_positional(v, content, p_rows, p_cols, keep), mix_positional_einsum(v, content, p_rows, p_cols, keep))
+    torch.testing.assert_close(
+        mix_positional(v, content, p_rows, p_cols, keep), mix_positional_einsum(v, content, p_rows, p_cols, keep)
+    )
 
 
 def test_fast_path_saves_no_more_than_sdpa_and_the_projections():

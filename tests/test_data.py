@@ -7,8 +7,7 @@ import torch
 from conftest import make_image_folder
 from timm.data.distributed_sampler import RepeatAugSampler
 
-from convit.training.config import parse_args
-from convit.training.data import (
+from convit.data import (
     DataError,
     build_datasets,
     build_loaders,
@@ -18,6 +17,7 @@ from convit.training.data import (
     shard,
     train_sampler,
 )
+from convit.training.config import parse_args
 
 
 def test_class_balanced_subset_sizes_and_determinism():
@@ -108,7 +108,7 @@ def test_an_imagefolder_needs_a_three_channel_model(tmp_path):
 
 
 def test_an_image_reached_twice_counts_once(tmp_path):
-    from convit.training.data import image_folder
+    from convit.data import image_folder
 
     root = make_image_folder(tmp_path / "d", n_train=3, n_val=1)
     train = root / "train"

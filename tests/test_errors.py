@@ -8,11 +8,11 @@ from convit.training.config import ConfigError
 
 
 def test_error_line_strips_worker_tracebacks():
-    from convit.training.data import DataError
+    from convit.data import DataError
 
     wrapped = DataError(
         "Caught DataError in DataLoader worker process 0.\nOriginal Traceback:\n"
-        "  File x\nconvit.training.data.DataError: cannot read image 'a.jpg'; delete it"
+        "  File x\nconvit.data.folders.DataError: cannot read image 'a.jpg'; delete it"
     )
     assert error_line(wrapped) == "cannot read image 'a.jpg'; delete it"
     assert error_line(ConfigError("unknown config key 'x'")) == "unknown config key 'x'"
@@ -40,8 +40,8 @@ def test_real_bugs_keep_their_traceback(tmp_path):
 
 
 def test_every_package_error_is_a_user_error():
+    from convit.data import DataError
     from convit.locality.measures import LocalityError
-    from convit.training.data import DataError
     from convit.weights import CheckpointError
 
     for cls in (ConfigError, DataError, CheckpointError, LocalityError):

@@ -10,9 +10,9 @@ from conftest import NO_AUG, ROOT, TINY_MODEL, read_log, run_script
 from PIL import Image
 
 import train as train_script
+from convit.data import DataError, build_datasets
 from convit.errors import run_entry_point
 from convit.training.config import parse_args
-from convit.training.data import DataError, build_datasets
 from convit.weights import read_checkpoint
 
 LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

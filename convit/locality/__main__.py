@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data import DigitsDataset, digits_split
 from ..errors import run_entry_point
-from ..training.data import DigitsDataset, digits_split
 from ..variants import VARIANTS, create_model
 from ..weights import extract_state_dict, load_weights, model_from_checkpoint, read_checkpoint
 from .measures import LocalityError, _resolve, attention_rollout, capture, head_ablation, patch_grid
@@ -115,7 +115,7 @@ def _folder_batch(model: nn.Module, path: str, num_images: int) -> tuple[torch.T
     """``num_images`` evenly spaced images of an ImageFolder, with timm's eval transform for the model."""
     from timm.data import create_transform, resolve_data_config
 
-    from ..training.data import UniqueImageFolder
+    from ..data import UniqueImageFolder
 
     if not os.path.isdir(path):
         raise LocalityError(f"data folder {path} does not exist")
@@ -237,8 +237,8 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
     if args.ablate and stored is not None:
         from torchvision.datasets.folder import find_classes
 
+        from ..data import DIGITS_CLASSES
         from ..training.checkpoint import class_difference
-        from ..training.data import DIGITS_CLASSES
 
         data_classes = find_classes(args.data_path)[0] if args.data_path else DIGITS_CLASSES
         if list(stored) != list(data_classes):

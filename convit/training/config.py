@@ -131,7 +131,7 @@ MODEL_FLAGS = (
 )
 # Set by the training system itself (from img_size, drop, drop_path, the data), never in model_kwargs.
 _RESERVED_KWARGS = {"img_size", "num_classes", "drop_rate", "drop_path_rate", "pretrained", "norm_layer"}
-# transfer datasets read from local files (convit/training/data.py), never downloaded
+# transfer datasets read from local files (convit/data/transfer.py), never downloaded
 DATASETS = ("cifar10", "cifar100", "flowers102", "stanford_cars", "inat2018", "inat2019")
 STOP_SIGNALS = ("TERM", "INT", "USR1", "USR2")
 CHOICES = {

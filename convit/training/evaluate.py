@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
+from convit.data import DataError, build_loaders
 from convit.errors import UserError, run_entry_point
 from convit.training.checkpoint import class_difference
 from convit.training.config import Config, from_dict, validate
-from convit.training.data import DataError, build_loaders
 from convit.training.distributed import cleanup, init_distributed
 from convit.training.engine import evaluate
 from convit.variants import create_model

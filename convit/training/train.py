@@ -21,6 +21,7 @@ import torch
 from timm.utils import ModelEmaV3, NativeScaler
 from torch.nn.parallel import DistributedDataParallel
 
+from convit.data import build_loaders, input_channels
 from convit.errors import run_entry_point
 from convit.locality import epoch_locality
 from convit.training.checkpoint import (
@@ -33,7 +34,6 @@ from convit.training.checkpoint import (
     write_log,
 )
 from convit.training.config import Config, budget, list_configs, resolve, save_yaml, to_dict
-from convit.training.data import build_loaders, input_channels
 from convit.training.distill import DistillationLoss, build_teacher
 from convit.training.distributed import barrier, cleanup, init_distributed
 from convit.training.engine import (
