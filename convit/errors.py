@@ -27,6 +27,12 @@ def error_line(e: BaseException) -> str:
     return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
 
 
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of another library's error message (its type's name when empty), cut to ``limit``."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:limit]
+
+
 MAX_LINE = 600  # a value pasted into a message (a huge recipe entry) never makes a screenful
 
 

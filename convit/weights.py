@@ -1,7 +1,6 @@
 """Reading weights files safely: ours, timm's (``.pth``, ``.safetensors``) and the original authors'.
 
-Ours is a dict: {"format": FORMAT, "model_name", "model_kwargs", "config", "model", "epoch",
-"best_acc1", and for `last.pth` also "optimizer", "scheduler", "scaler", "model_ema", "sampler"}.
+Ours is train.py's dict (built by ``convit.training.checkpoint.build_checkpoint``, marked ``"format": FORMAT``);
 timm's are plain state dicts (`.pth`/`.bin` or `.safetensors`); the original ConViT/DeiT code
 saves {"model": state_dict, ...}. All three share timm's parameter names.
 """
@@ -16,13 +15,18 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .variants import create_model
 
 FORMAT = "convit-train-v1"
 # The only non-tensor class that weights files we read may pickle: the original authors' (and
 # timm's train.py) checkpoints store their argparse.Namespace beside the weights.
 SAFE_GLOBALS = [argparse.Namespace]
+
+
+def is_training_checkpoint(ckpt) -> bool:
+    """True for a checkpoint train.py wrote (it names its model and the model's arguments)."""
+    return isinstance(ckpt, dict) and ckpt.get("format") == FORMAT
 
 
 class CheckpointError(UserError):
@@ -67,7 +71,7 @@ def _refused_global(e: Exception) -> str | None:
 
 
 def _corrupt(path, e) -> CheckpointError:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first_line(e, 10**6)
     advice = {
         "best.pth": "use another checkpoint, e.g. the run's last.pth",
         "last.pth": "a run cannot continue from it: restore a copy, or start over with --overwrite "
@@ -149,7 +153,7 @@ def model_from_checkpoint(
     """
     ckpt = read_checkpoint(path)
     state_dict = extract_state_dict(ckpt, use_ema=use_ema)
-    if ckpt.get("format") == FORMAT:
+    if is_training_checkpoint(ckpt):
         kwargs = {k: v for k, v in ckpt["model_kwargs"].items() if k not in ("drop_rate", "drop_path_rate")}
         model = create_model(name or ckpt["model_name"], ckpt["num_classes"], **{**kwargs, **overrides})
     else:

@@ -1,6 +1,5 @@
 """Shared helpers: tiny generated ImageFolders, tiny-model flags, and running the scripts for real."""
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from convit.run_log import log_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's convit, even when another one is pip-installed
@@ -120,7 +121,8 @@ def run_module(module: str, args, timeout: int = 240):
 
 
 def read_log(out_dir: Path) -> list:
-    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+    """Every row of a run folder's log.jsonl."""
+    return log_rows(out_dir)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""experiments/ablations.py: a tiny real run of all five settings, resuming, and the paired statistics."""
+"""experiments/ablations/run.py: a tiny real run of all five settings, resuming, and the paired statistics."""
 
 import csv
 import math
@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import ROOT, child_env, fails_in_one_line
 
-sys.path.insert(0, str(ROOT / "experiments"))
-import ablations as ab  # noqa: E402
+from experiments import harness
+from experiments.ablations import run as ab
 
 TINY = ["--steps", "3", "--warmup-steps", "1", "--embed-dim", "32", "--depth", "2", "--local-up-to-layer", "1"]
 
@@ -20,7 +20,7 @@ def read(path):
 
 
 def run(args, out):
-    cmd = [sys.executable, str(ROOT / "experiments" / "ablations.py"), *args, "--out", str(out)]
+    cmd = [sys.executable, "-m", "experiments.ablations.run", *args, "--out", str(out)]
     return subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300)
 
 
@@ -78,11 +78,11 @@ def test_tiny_run_of_every_setting_then_resume(tmp_path):
 
 def test_a_finished_experiment_is_never_overwritten(tmp_path, capsys):
     (tmp_path / "results.csv").write_text("setting,fraction,seed\nfull,1.0,0\n")
-    line = fails_in_one_line(capsys, "ablations.py", ab.main, ["--out", str(tmp_path), *TINY])
+    line = fails_in_one_line(capsys, "experiments.ablations.run", ab.main, ["--out", str(tmp_path), *TINY])
     assert "--resume" in line and "--overwrite" in line
     assert (tmp_path / "results.csv").read_text() == "setting,fraction,seed\nfull,1.0,0\n"
     line = fails_in_one_line(
-        capsys, "ablations.py", ab.main, ["--settings", "full,gates", "--out", str(tmp_path / "x")]
+        capsys, "experiments.ablations.run", ab.main, ["--settings", "full,gates", "--out", str(tmp_path / "x")]
     )
     assert "gates_frozen" in line and not (tmp_path / "x").exists()
 
@@ -92,7 +92,7 @@ def test_paired_difference_is_the_paired_t_test():
 
     full = {0: 90.0, 1: 85.0, 2: 88.0, 3: 91.0, 4: 80.0}
     ours = {0: 86.0, 1: 84.0, 2: 85.0, 3: 90.0, 4: 79.0, 7: 10.0}  # seed 7 has no pair and is left out
-    d = ab.paired_difference(ours, full)
+    d = harness.paired_difference(ours, full)
     assert d["pairs"] == 5 and d["lower_in"] == 5
     assert d["diff_mean"] == pytest.approx(-2.0)
     keys = sorted(full)
@@ -100,5 +100,5 @@ def test_paired_difference_is_the_paired_t_test():
     assert d["p_value"] == pytest.approx(expected.pvalue)
     ci = stats.t.interval(0.95, 4, loc=-2.0, scale=stats.sem([ours[k] - full[k] for k in keys]))
     assert (d["ci_low"], d["ci_high"]) == pytest.approx(ci)
-    same = ab.paired_difference(full, full)
+    same = harness.paired_difference(full, full)
     assert same["diff_mean"] == 0 and same["p_value"] == 1.0 and same["lower_in"] == 0

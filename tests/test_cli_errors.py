@@ -159,7 +159,8 @@ def test_eval_bad_input(digits_run, tmp_path, capsys):
         return fails_in_one_line(capsys, "eval.py", lambda: eval_script.main(eval_script.parse_args(argv)))
 
     best = str(digits_run / "best.pth")
-    assert "--batch-size must be at least 1" in fails(["--checkpoint", best, "--batch-size", "0"])
+    assert "batch_size must lie in [1, inf), not 0" in fails(["--checkpoint", best, "--batch-size", "0"])
+    assert "interpolation must be one of" in fails(["--checkpoint", best, "--interpolation", "cubic"])
     assert "is a folder; name a JSON file" in fails(["--checkpoint", best, "--output", str(tmp_path)])
     assert "--pretrained needs --model NAME" in fails(["--pretrained"])
     # ConViT-Ti weights named as ConViT-S

@@ -1,4 +1,4 @@
-"""experiments/data_efficiency.py: a tiny real run end to end, and its pure helpers."""
+"""experiments/data_efficiency/run.py: a tiny real run end to end, and its pure helpers."""
 
 import csv
 import math
@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import ROOT, child_env, fails_in_one_line
 
-sys.path.insert(0, str(ROOT / "experiments"))
-import data_efficiency as de  # noqa: E402
+from experiments import harness
+from experiments.data_efficiency import run as de
 
 
 def read(path):
@@ -22,7 +22,8 @@ def test_tiny_run_writes_every_output(tmp_path):
     """One fraction, one seed, both models, 3 steps of a 2-block model: all files, right rows."""
     cmd = [
         sys.executable,
-        str(ROOT / "experiments" / "data_efficiency.py"),
+        "-m",
+        "experiments.data_efficiency.run",
         "--fractions",
         "0.1",
         "--seeds",
@@ -55,7 +56,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert len(progress) == 2 and all("ETA" in line for line in progress)
 
     results = read(tmp_path / "results.csv")
-    assert list(results[0]) == de.RESULT_FIELDS
+    assert list(results[0]) == harness.RESULT_FIELDS
     assert [r["model"] for r in results] == ["convit", "deit"]
     for r in results:
         assert float(r["fraction"]) == 0.1 and r["seed"] == "0" and r["steps"] == "3"
@@ -64,7 +65,7 @@ def test_tiny_run_writes_every_output(tmp_path):
         assert 0.0 <= float(r["val_acc1"]) <= 100.0 and math.isfinite(float(r["val_loss"]))
 
     locality = read(tmp_path / "locality.csv")
-    assert list(locality[0]) == de.LOCALITY_FIELDS
+    assert list(locality[0]) == harness.LOCALITY_FIELDS
     assert len(locality) == 2 * 2 * 4  # models x blocks x heads
     convit = [r for r in locality if r["model"] == "convit"]
     deit = [r for r in locality if r["model"] == "deit"]
@@ -93,7 +94,7 @@ def test_tiny_run_writes_every_output(tmp_path):
 def test_every_run_takes_the_same_number_of_steps():
     g = torch.Generator().manual_seed(0)
     for n in (7, 70, 200):
-        batches = de.cycled_batches(n, 64, 10, g)
+        batches = harness.cycled_batches(n, 64, 10, g)
         assert len(batches) == 10 and all(len(b) == 64 for b in batches)
         flat = [i for b in batches for i in b]
         # whole shuffled passes: each complete pass holds every image exactly once
@@ -117,10 +118,10 @@ def test_summary_pairs_seeds_and_quotes_the_paper():
 
 def test_bad_models_and_a_finished_experiment_are_one_line(tmp_path, capsys):
     line = fails_in_one_line(
-        capsys, "data_efficiency.py", de.main, ["--models", "convit,vit", "--out", str(tmp_path / "a")]
+        capsys, "experiments.data_efficiency.run", de.main, ["--models", "convit,vit", "--out", str(tmp_path / "a")]
     )
     assert "--models must be from" in line and not (tmp_path / "a").exists()
     (tmp_path / "results.csv").write_text("model,fraction,seed\nconvit,0.1,0\n")
-    line = fails_in_one_line(capsys, "data_efficiency.py", de.main, ["--out", str(tmp_path)])
+    line = fails_in_one_line(capsys, "experiments.data_efficiency.run", de.main, ["--out", str(tmp_path)])
     assert "--resume" in line and "--overwrite" in line
     assert (tmp_path / "results.csv").read_text() == "model,fraction,seed\nconvit,0.1,0\n"

@@ -7,10 +7,10 @@ from conftest import NO_AUG, TINY_MODEL, fails_in_one_line, read_log
 from torch.utils.data import DataLoader, TensorDataset
 
 import train as train_script
+from convit.training.checkpoint import build_checkpoint
 from convit.training.distill import DistillationLoss, distillation_term
 from convit.training.engine import train_one_epoch
 from convit.variants import create_model
-from convit.weights import FORMAT
 
 TINY_KWARGS = dict(patch_size=8, embed_dim=32, num_heads=4, depth=2, local_up_to_layer=1)
 S = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
@@ -67,14 +67,9 @@ def test_teacher_is_frozen_in_eval_mode_and_unchanged_by_training():
 def save_ours(path, num_classes: int):
     """A checkpoint in train.py's format (what --teacher PATH reads)."""
     model = create_model("convit_tiny", num_classes, img_size=16, **TINY_KWARGS)
-    ckpt = {
-        "format": FORMAT,
-        "model_name": "convit_tiny",
-        "model_kwargs": {"img_size": 16, **TINY_KWARGS},
-        "num_classes": num_classes,
-        "model": model.state_dict(),
-    }
-    torch.save(ckpt, path)
+    torch.save(
+        build_checkpoint(model, "convit_tiny", {"img_size": 16, **TINY_KWARGS}, None, num_classes=num_classes), path
+    )
     return model
 
 

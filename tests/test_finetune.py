@@ -14,7 +14,7 @@ from convit.training.config import parse_args
 from convit.training.engine import build_optimizer, build_scheduler
 from convit.training.finetune import Source, apply_freeze, load_source
 from convit.variants import create_model
-from convit.weights import FORMAT, read_checkpoint
+from convit.weights import is_training_checkpoint, read_checkpoint
 
 TINY_KWARGS = dict(patch_size=8, embed_dim=32, num_heads=4, depth=2, local_up_to_layer=1)
 # the run: TINY_MODEL at 32 pixels (a 4x4 grid) where the source was trained at 16 (2x2)
@@ -169,7 +169,7 @@ def test_accumulating_2x8_equals_one_step_of_16_through_train(tmp_path, capsys):
     for key, value in one["model"].items():
         torch.testing.assert_close(two["model"][key], value, rtol=1e-4, atol=1e-6, msg=key)
     assert read_log(tmp_path / "b16")[0]["lr"] == pytest.approx(read_log(tmp_path / "b8")[0]["lr"])
-    assert one["format"] == FORMAT
+    assert is_training_checkpoint(one)
     # resuming with another accumulation would change the schedule last.pth was made for
     argv = [*common, "--epochs", "2", "--batch-size", "8", "--output-dir", tmp_path / "b8", "--resume", "auto"]
     line = train_fails(capsys, argv)

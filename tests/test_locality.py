@@ -11,24 +11,13 @@ from convit import locality as L
 from convit.attention import GPSA
 from convit.locality import __main__ as command
 from convit.locality.measures import LocalityError, _ablate_head
-from convit.training.checkpoint import FORMAT, save_checkpoint
+from convit.training.checkpoint import build_checkpoint, save_checkpoint
 
 
 def save_training_checkpoint(model, path, num_classes=10):
     """A checkpoint as train.py writes it (the model name and its arguments beside the weights)."""
     kwargs = dict(img_size=16, patch_size=4, embed_dim=36, num_heads=9, depth=3, local_up_to_layer=2)
-    save_checkpoint(
-        {
-            "format": FORMAT,
-            "model_name": "convit_tiny",
-            "model_kwargs": kwargs,
-            "num_classes": num_classes,
-            "config": {},
-            "model": model.state_dict(),
-            "epoch": 3,
-        },
-        path,
-    )
+    save_checkpoint(build_checkpoint(model, "convit_tiny", kwargs, None, num_classes=num_classes, epoch=3), path)
 
 
 def tiny(img_size=(8, 10), patch_size=2, heads=9, locality_strength=10.0, **kwargs) -> ConViT:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from convit import ConViT, UserError
 from convit.locality import __main__ as command
-from convit.training.checkpoint import FORMAT, save_checkpoint
+from convit.training.checkpoint import build_checkpoint, save_checkpoint
 
 
 def training_checkpoint(path, patch_size=4, local_up_to_layer=2, num_classes=10):
@@ -18,18 +18,7 @@ def training_checkpoint(path, patch_size=4, local_up_to_layer=2, num_classes=10)
     kwargs = dict(img_size=16, patch_size=patch_size, embed_dim=16, num_heads=4, depth=3)
     kwargs["local_up_to_layer"] = local_up_to_layer
     model = ConViT(num_classes=num_classes, **kwargs)
-    save_checkpoint(
-        {
-            "format": FORMAT,
-            "model_name": "convit_tiny",
-            "model_kwargs": kwargs,
-            "num_classes": num_classes,
-            "config": {},
-            "model": model.state_dict(),
-            "epoch": 1,
-        },
-        path,
-    )
+    save_checkpoint(build_checkpoint(model, "convit_tiny", kwargs, None, num_classes=num_classes, epoch=1), path)
     return path
 
 

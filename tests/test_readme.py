@@ -1,4 +1,4 @@
-"""Every command README shows runs in a test, in its smallest form, so that README cannot drift from the code.
+"""Every command README, docs/ and the experiments' write-ups show runs in a test, in its smallest form, so that README cannot drift from the code.
 
 `COVERED` maps each command of README's ```bash blocks to where it runs: a runner in this file (the
 smallest form: --epochs 1, a tiny model, a few generated images, two processes instead of eight), or
@@ -16,14 +16,21 @@ from conftest import ROOT, TINY_MODEL, make_image_folder, run_module, run_script
 from PIL import Image
 
 README = (ROOT / "README.md").read_text()
+# every page whose commands must run: README, the docs and the experiments' write-ups
+PAGES = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").rglob("*.md")),
+    *sorted((ROOT / "experiments").glob("*/README.md")),
+]
 FAST = ["--progress", "false", "--locality-images", "0", "--num-workers", "0"]
 DIGITS_TINY = ["--depth", "2", "--local-up-to-layer", "1", "--embed-dim", "32", *FAST]
 
 
 def readme_commands() -> list[str]:
-    """The commands of README's ```bash blocks: continuation lines joined, comments dropped."""
+    """The commands of every page's ```bash blocks: continuation lines joined, comments dropped."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+    text = "\n".join(page.read_text() for page in PAGES)
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line and not line.startswith("#"):
@@ -102,6 +109,22 @@ def check_sbatch():
     script = (ROOT / "scripts" / "train.sbatch").read_text()
     assert "```sh\n" + script + "```" in README  # README shows the file as it is
     subprocess.run(["bash", "-n", str(ROOT / "scripts" / "train.sbatch")], check=True)
+
+
+def run_timm_script_extraction(tmp_path):
+    """performance.md's two `git -C pytorch-image-models show` lines, literally, in a local stand-in repository."""
+    repo = tmp_path / "pytorch-image-models"
+    repo.mkdir()
+    (repo / "train.py").write_text("print('train')\n")
+    (repo / "validate.py").write_text("print('validate')\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "scripts"]):
+        subprocess.run([*git, *args], check=True)
+    (tmp_path / "timm_scripts").mkdir()
+    for command in [c for c in readme_commands() if c.startswith("git -C pytorch-image-models show")]:
+        subprocess.run(command, shell=True, cwd=tmp_path, check=True)
+    assert (tmp_path / "timm_scripts" / "validate.py").read_text() == "print('validate')\n"
+    assert (tmp_path / "timm_scripts" / "train.py").read_text() == "print('train')\n"
 
 
 def check_ci_runs(*lines):
@@ -191,32 +214,35 @@ COVERED = {
         ELSEWHERE,
         "tests/test_finetune.py::test_finetune_pretrained_reads_an_offline_file",
     ),
-    "OMP_NUM_THREADS=1 python experiments/transfer.py": (
+    "OMP_NUM_THREADS=1 python -m experiments.transfer.run": (
         ELSEWHERE,
         "tests/test_transfer.py::test_the_transfer_experiment_runs_in_tiny_form",
     ),
-    "python experiments/data_efficiency.py --fractions 0.05,0.1,0.3,0.5,1.0 --seeds 0,1,2 --steps 800 "
-    "--out experiments/results": (ELSEWHERE, "tests/test_data_efficiency.py::test_tiny_run_writes_every_output"),
-    "python experiments/ablations.py --out experiments/results_ablations": (
+    "python -m experiments.data_efficiency.run --fractions 0.05,0.1,0.3,0.5,1.0 --seeds 0,1,2 --steps 800 "
+    "--out experiments/data_efficiency/results": (
+        ELSEWHERE,
+        "tests/test_data_efficiency.py::test_tiny_run_writes_every_output",
+    ),
+    "python -m experiments.ablations.run --out experiments/ablations/results": (
         ELSEWHERE,
         "tests/test_ablations.py::test_tiny_run_of_every_setting_then_resume",
     ),
-    "OMP_NUM_THREADS=1 python train.py --config experiments/configs/convergence.yaml --seed 0 "
-    "--output-dir experiments/results_convergence/convit_seed0": (ELSEWHERE, CONVERGENCE),
-    "OMP_NUM_THREADS=1 python train.py --config experiments/configs/convergence.yaml --seed 0 --local-up-to-layer 0 "
-    "--output-dir experiments/results_convergence/deit_seed0": (ELSEWHERE, CONVERGENCE),
-    "python -m convit.locality --log experiments/results_convergence/convit_seed0/log.jsonl "
-    "--log experiments/results_convergence/convit_seed1/log.jsonl --log experiments/results_convergence/convit_seed2/log.jsonl "
-    "--log experiments/results_convergence/deit_seed0/log.jsonl --log experiments/results_convergence/deit_seed1/log.jsonl "
-    "--log experiments/results_convergence/deit_seed2/log.jsonl "
+    "OMP_NUM_THREADS=1 python train.py --config experiments/convergence/config.yaml --seed 0 "
+    "--output-dir experiments/convergence/results/convit_seed0": (ELSEWHERE, CONVERGENCE),
+    "OMP_NUM_THREADS=1 python train.py --config experiments/convergence/config.yaml --seed 0 --local-up-to-layer 0 "
+    "--output-dir experiments/convergence/results/deit_seed0": (ELSEWHERE, CONVERGENCE),
+    "python -m convit.locality --log experiments/convergence/results/convit_seed0/log.jsonl "
+    "--log experiments/convergence/results/convit_seed1/log.jsonl --log experiments/convergence/results/convit_seed2/log.jsonl "
+    "--log experiments/convergence/results/deit_seed0/log.jsonl --log experiments/convergence/results/deit_seed1/log.jsonl "
+    "--log experiments/convergence/results/deit_seed2/log.jsonl "
     "--label ConViT --label ConViT --label ConViT --label DeiT --label DeiT --label DeiT "
-    "--out experiments/results_convergence/figures": (ELSEWHERE, CONVERGENCE),
-    "OMP_NUM_THREADS=1 python train.py --config experiments/configs/dynamics.yaml "
-    "--output-dir experiments/results_dynamics/paper_lr": (ELSEWHERE, CONVERGENCE),
-    "OMP_NUM_THREADS=1 python train.py --config experiments/configs/dynamics.yaml --gate-lr-scale 20 "
-    "--output-dir experiments/results_dynamics/gate_lr_x20": (ELSEWHERE, CONVERGENCE),
-    "python -m convit.locality --log experiments/results_dynamics/paper_lr/log.jsonl "
-    "--log experiments/results_dynamics/gate_lr_x20/log.jsonl --out experiments/results_dynamics/figures": (
+    "--out experiments/convergence/results/figures": (ELSEWHERE, CONVERGENCE),
+    "OMP_NUM_THREADS=1 python train.py --config experiments/dynamics/config.yaml "
+    "--output-dir experiments/dynamics/results/paper_lr": (ELSEWHERE, CONVERGENCE),
+    "OMP_NUM_THREADS=1 python train.py --config experiments/dynamics/config.yaml --gate-lr-scale 20 "
+    "--output-dir experiments/dynamics/results/gate_lr_x20": (ELSEWHERE, CONVERGENCE),
+    "python -m convit.locality --log experiments/dynamics/results/paper_lr/log.jsonl "
+    "--log experiments/dynamics/results/gate_lr_x20/log.jsonl --out experiments/dynamics/results/figures": (
         ELSEWHERE,
         CONVERGENCE,
     ),
@@ -226,6 +252,16 @@ COVERED = {
     "--threads 1 --no-memory": (ELSEWHERE, "tests/test_bench.py"),
     "python benchmarks/bench_models.py --model convit_tiny --img-size 224 --batch 16 --repeats 7 --runs 3 --no-timm "
     "--threads 1 --no-memory --compile": (ELSEWHERE, "tests/test_bench.py"),
+    "git -C pytorch-image-models show HEAD:train.py > timm_scripts/train.py": ("timm_scripts", None),
+    "git -C pytorch-image-models show HEAD:validate.py > timm_scripts/validate.py": ("timm_scripts", None),
+    "python benchmarks/bench_epoch.py --timm-scripts timm_scripts --threads 2 --repeats 3": (
+        ELSEWHERE,
+        "tests/test_bench.py::test_epoch_benchmark_runs_its_smallest_form",
+    ),
+    "python benchmarks/bench_epoch.py --baseline ours --repeats 3": (
+        ELSEWHERE,
+        "tests/test_bench.py::test_epoch_benchmark_runs_its_smallest_form",
+    ),
     "python benchmarks/bench_gpsa_layout.py --threads 1": (
         ELSEWHERE,
         "tests/test_bench.py::test_layout_benchmark_compares_three_forms_of_the_same_layer",
@@ -246,6 +282,10 @@ def test_every_readme_command_is_covered():
 
 def test_set_up_and_test_commands_are_what_ci_runs():
     check_ci_runs(*(where for kind, where in COVERED.values() if kind == "ci"))
+
+
+def test_timm_script_extraction_commands(tmp_path):
+    run_timm_script_extraction(tmp_path)
 
 
 def test_slurm_example():
@@ -283,8 +323,13 @@ def test_convergence_and_dynamics_commands(tmp_path):
     """README's convergence and dynamics commands at one epoch of a 2-block model (every seed the text names),
     then its plotting commands on those logs, all under tmp_path instead of experiments/."""
     moved = str(tmp_path) + "/"
-    commands = [c.replace("experiments/results_", moved) for c in readme_commands()]
-    trains = [c for c in commands if "train.py --config experiments/configs/" in c and moved in c]
+    commands = [
+        c.replace("experiments/convergence/results/", moved + "convergence_").replace(
+            "experiments/dynamics/results/", moved + "dynamics_"
+        )
+        for c in readme_commands()
+    ]
+    trains = [c for c in commands if "train.py --config experiments/" in c and moved in c]
     assert len(trains) == 4
     for command in trains:
         args = command.split()[command.split().index("train.py") + 1 :]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL, make_image_folder, read_log, run_module, run_script
 
-from convit.weights import FORMAT, CheckpointError, read_checkpoint
+from convit.weights import CheckpointError, is_training_checkpoint, read_checkpoint
 
 TIMING = ("epoch_time_s", "train_images_per_s")
 
@@ -29,7 +29,7 @@ def test_outputs_of_a_run(trained):
     assert [len(r) for r in row["locality"]["nonlocality"]] == [4, 4]
     assert [len(r) for r in row["locality"]["gates"]] == [4]
     best = read_checkpoint(trained / "best.pth")
-    assert best["format"] == FORMAT and best["model_name"] == "convit_tiny"
+    assert is_training_checkpoint(best) and best["model_name"] == "convit_tiny"
     assert best["model_kwargs"]["embed_dim"] == 32 and best["config"]["data_path"]
 
 

@@ -1,4 +1,4 @@
-"""Transfer datasets from local files (CIFAR-10 for real, the others' messages), and experiments/transfer.py."""
+"""Transfer datasets from local files (CIFAR-10 for real, the others' messages), and experiments/transfer/run.py."""
 
 import csv
 import json
@@ -6,7 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import NO_AUG, ROOT, TINY_MODEL, read_log, run_script
+from conftest import NO_AUG, TINY_MODEL, read_log, run_module, run_script
 from PIL import Image
 
 import train as train_script
@@ -113,7 +113,8 @@ def test_inaturalist_in_the_authors_json_format(tmp_path):
 
 
 def test_the_transfer_experiment_runs_in_tiny_form(tmp_path):
-    proc = run_script("experiments/transfer.py", ["--tiny", "--seeds", "0", "--out", tmp_path], timeout=600)
+    proc = run_module("experiments.transfer.run", ["--tiny", "--seeds", "0", "--out", tmp_path], timeout=600)
+    assert proc.returncode == 0, proc.stderr
     assert "| transfer | fine-tuned from 0-4 | 1 |" in proc.stdout
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -127,4 +128,3 @@ def test_the_transfer_experiment_runs_in_tiny_form(tmp_path):
     row = read_log(tmp_path / "runs" / "student_hard_s0")[0]
     assert "train_loss_distill" in row and "train_loss_cls" in row
     assert (tmp_path / "summary.md").read_text().startswith("Seeds 0")
-    assert (ROOT / "experiments" / "transfer.py").is_file()

@@ -4,7 +4,7 @@ Built on the zoo alone (never on ``convit.training`` or ``convit.locality``), so
 """
 
 from .digits import DIGITS_CLASSES, DigitsDataset, digits_split, digits_subset
-from .folders import DataError, UniqueImageFolder, class_balanced_subset, image_folder, pil_rgb_loader
+from .folders import DataError, UniqueImageFolder, class_balanced_subset, class_difference, image_folder, pil_rgb_loader
 from .loaders import Loaders, build_datasets, build_loaders, input_channels, shard, train_sampler
 from .transfer import EXPECTED, transfer_datasets
 from .transforms import imagenet_transforms
@@ -19,6 +19,7 @@ __all__ = [
     "build_datasets",
     "build_loaders",
     "class_balanced_subset",
+    "class_difference",
     "digits_split",
     "digits_subset",
     "image_folder",

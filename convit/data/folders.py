@@ -102,3 +102,12 @@ def class_balanced_subset(targets, ratio: float, seed: int) -> list[int]:
         n = max(1, int(round(ratio * len(idx))))
         keep.append(rng.permutation(idx)[:n])
     return sorted(np.concatenate(keep).tolist())
+
+
+def class_difference(stored: list[str], data: list[str]) -> str:
+    """One line saying how the checkpoint's class names differ from the data's."""
+    if len(stored) != len(data):
+        return f"the checkpoint has {len(stored)} classes, the data {len(data)}"
+    diff = [(a, b) for a, b in zip(stored, data) if a != b]
+    a, b = diff[0]
+    return f"the checkpoint's classes differ from the data's at {len(diff)} place(s), e.g. '{a}' vs '{b}'"

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..errors import first_line
 from .folders import DataError, pil_rgb_loader
 from .transforms import imagenet_transforms
 
@@ -150,7 +151,7 @@ def transfer_datasets(cfg, need_train: bool):
         val = make(False)
         train = make(True) if need_train else None
     except (RuntimeError, OSError, FileNotFoundError) as e:  # torchvision: "Dataset not found or corrupted"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(" You can use download")[0][:120]
+        first = first_line(e, 400).split(" You can use download")[0][:120]
         raise DataError(
             f"{name} not found or incomplete under '{root}' ({first}); expected {EXPECTED[name]}; nothing is downloaded"
         ) from None

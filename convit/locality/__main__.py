@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..data import DigitsDataset, digits_split
-from ..errors import run_entry_point
+from ..errors import error_line, run_entry_point
 from ..variants import VARIANTS, create_model
 from ..weights import extract_state_dict, load_weights, model_from_checkpoint, read_checkpoint
 from .measures import LocalityError, _resolve, attention_rollout, capture, head_ablation, patch_grid
@@ -57,7 +57,7 @@ def _timm_model(name: str, pretrained: bool = False, checkpoint: str | None = No
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as error:  # a download or construction failure of someone else's model: one line
-        line = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        line = error_line(error)
         raise LocalityError(f"cannot create timm model {name}: {line}") from None
     if state_dict is not None:
         load_weights(model, state_dict, f"checkpoint '{checkpoint}'")
@@ -237,8 +237,7 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
     if args.ablate and stored is not None:
         from torchvision.datasets.folder import find_classes
 
-        from ..data import DIGITS_CLASSES
-        from ..training.checkpoint import class_difference
+        from ..data import DIGITS_CLASSES, class_difference
 
         data_classes = find_classes(args.data_path)[0] if args.data_path else DIGITS_CLASSES
         if list(stored) != list(data_classes):

@@ -1,19 +1,20 @@
 """Plots of the locality measures (PNG): non-locality per block (one model or several side by side), gates,
 the GPSA heads' centres and parts, attention maps, overlays on images with rollout, ablation, over epochs."""
 
-import json
 import math
 import os
 from collections.abc import Sequence
 
 import torch
 
+from ..run_log import log_rows
 from .measures import LocalityError
 
 # ---------------------------------------------------------------------------------------------- plots
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-writing Agg backend (no display needed), imported when first drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +25,7 @@ def _pyplot():
 
 def plot_nonlocality(report: dict, path: str) -> None:
     """Non-locality per block, one dot per head; the GPSA blocks shaded."""
-    plt = _pyplot()
+    plt = pyplot()
     distance = torch.tensor(report["nonlocality"])
     blocks, heads = distance.shape
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * blocks + 2), 3.2))
@@ -59,7 +60,7 @@ def _heatmap(
     vmax: float | None = None,
     fmt: str = "{:.2f}",
 ) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     rows, cols = values.shape
     fig, ax = plt.subplots(figsize=(max(3.0, 0.45 * cols + 1.8), max(2.2, 0.35 * rows + 1.2)))
     image = ax.imshow(values.numpy(), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
@@ -108,7 +109,7 @@ def plot_attention_maps(
     gate_per_block: Sequence[Sequence[float] | None] | None = None,
 ) -> None:
     """Every head's attention for query patches (rows: query and block, columns: heads), the paper's figure."""
-    plt = _pyplot()
+    plt = pyplot()
     queries = [tuple(query)] if isinstance(query[0], int) else [tuple(q) for q in query]
     rows, cols = grid_size
     blocks, heads = len(maps), maps[0].shape[0]
@@ -137,7 +138,7 @@ def plot_attention_maps(
 
 def plot_nonlocality_parts(report: dict, path: str) -> None:
     """Per GPSA block and head: non-locality of the content part, the positional part and the gated mix."""
-    plt = _pyplot()
+    plt = pyplot()
     gpsa = [block for block in report["blocks"] if block["type"] == "GPSA"]
     heads = report["num_heads"]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(gpsa) + 2), 3.2))
@@ -168,7 +169,7 @@ def plot_nonlocality_parts(report: dict, path: str) -> None:
 
 def plot_centres(report: dict, path: str) -> None:
     """Centres (dx, dy) of each GPSA head's positional attention, one panel per block; marker area ~ sharpness."""
-    plt = _pyplot()
+    plt = pyplot()
     gpsa = [block for block in report["blocks"] if block["type"] == "GPSA"]
     ncols = min(len(gpsa), 4)
     nrows = math.ceil(len(gpsa) / ncols)
@@ -208,7 +209,7 @@ def plot_centres(report: dict, path: str) -> None:
 def plot_compare(reports: Sequence[dict], labels: Sequence[str], path: str, note: str | None = None) -> None:
     """Non-locality per layer of several models side by side (one colour each: a dot per head, a line for
     the mean), as the paper's figure of DeiT against ConViT; ``note`` goes under the title."""
-    plt = _pyplot()
+    plt = pyplot()
     depth = max(len(report["nonlocality"]) for report in reports)
     fig, ax = plt.subplots(figsize=(max(4.5, 0.5 * depth + 2.5), 3.4))
     count = len(reports)
@@ -260,7 +261,7 @@ def plot_overlays(
 ) -> None:
     """One image's attention overlaid on it: rows are (query, block), columns every head then the rollout
     through the blocks up to that one; ``maps`` are this image's heads x N x N per block."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     rows, cols = grid_size
@@ -302,24 +303,15 @@ def plot_overlays(
     plt.close(fig)
 
 
-def _read_log(log_path: str) -> tuple[list[float], list[dict]]:
-    epochs, records = [], []
-    with open(log_path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise LocalityError(f"{log_path}:{number} is not a JSON line ({error.msg})") from None
-            if isinstance(record, dict) and isinstance(record.get("locality"), dict):
-                epochs.append(record.get("epoch", len(epochs)))
-                records.append(record["locality"])
+def _locality_records(log_path: str) -> tuple[list[float], list[dict]]:
+    """(epochs, per-epoch ``locality`` entries) of a training log."""
+    rows = log_rows(log_path)
+    records = [(r.get("epoch", i), r["locality"]) for i, r in enumerate(rows) if isinstance(r.get("locality"), dict)]
     if not records:
         raise LocalityError(
             f"{log_path} has no records with a 'locality' entry (log it with convit.locality.epoch_locality)"
         )
-    return epochs, records
+    return [e for e, _ in records], [r for _, r in records]
 
 
 def _block_axes(plt, blocks: int, row_height: float, extra_height: float = 0.0, **subplots):
@@ -338,7 +330,7 @@ def _block_axes(plt, blocks: int, row_height: float, extra_height: float = 0.0, 
 def _plot_over_epochs(
     epochs: list[float], values: torch.Tensor, path: str, ylabel: str, ylim: tuple[float, float] | None = None
 ) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     _, blocks, heads = values.shape
@@ -366,7 +358,7 @@ def _plot_over_epochs(
 
 
 def _plot_centres_over_epochs(epochs: list[float], centres: torch.Tensor, path: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     _, blocks, heads, _ = centres.shape
     fig, axes, _ = _block_axes(plt, blocks, 2.6, extra_height=0.3)
     for b, ax in enumerate(axes):
@@ -397,19 +389,14 @@ def _tensor(values: list) -> torch.Tensor:
     return torch.tensor(float("nan") if values is None else float(values))
 
 
-def _read_curves(log_path: str) -> dict[str, list[float]]:
+def _curves(log_path: str) -> dict[str, list[float]]:
     """The per-epoch ``epoch``, ``train_loss``, ``val_loss`` and ``val_acc1`` of a training log (nan where absent)."""
     curves: dict[str, list[float]] = {key: [] for key in CURVES}
-    with open(log_path) as handle:
-        for line in handle:
-            try:
-                record = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:
-                continue  # _read_log has already named a broken line; a truncated last line is skipped here
-            if isinstance(record, dict) and "train_loss" in record:
-                for key in CURVES:
-                    value = record.get(key, len(curves["epoch"]) if key == "epoch" else None)
-                    curves[key].append(float("nan") if value is None else float(value))
+    for row in log_rows(log_path):
+        if "train_loss" in row:
+            for key in CURVES:
+                value = row.get(key, len(curves["epoch"]) if key == "epoch" else None)
+                curves[key].append(float("nan") if value is None else float(value))
     return curves
 
 
@@ -419,11 +406,11 @@ CURVES = ("epoch", "train_loss", "val_loss", "val_acc1")
 def plot_training_curves(log_paths: Sequence[str], labels: Sequence[str], path: str) -> None:
     """Training loss, validation loss and validation top-1 over epochs, one line per log; logs with the same
     label (seeds of one setting) share a colour."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     colours: dict[str, str] = {}
     for log_path, label in zip(log_paths, labels, strict=True):
-        curves = _read_curves(log_path)
+        curves = _curves(log_path)
         first = label not in colours
         colour = colours.setdefault(label, f"C{len(colours) % 10}")
         for ax, key in zip(axes, CURVES[1:], strict=True):
@@ -451,7 +438,7 @@ def plot_log(log_path: str, out_dir: str) -> list[str]:
     them ``sharpness_over_epochs.png`` and ``centres_over_epochs.png``, and ``training_curves.png``; returns
     their paths.
     """
-    epochs, records = _read_log(log_path)
+    epochs, records = _locality_records(log_path)
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, "training_curves.png")]
     plot_training_curves([log_path], [os.path.basename(os.path.dirname(os.path.abspath(log_path)))], paths[0])

@@ -1,5 +1,10 @@
-"""Training checkpoints: atomic saving, the epoch end as one transaction, and the state a run resumes from
-(reading is ``convit.weights``).
+"""Training checkpoints, the one place of their format: building them, saving them atomically, the epoch end as
+one transaction, and the state a run resumes from (reading any weights file is ``convit.weights``).
+
+A checkpoint is a dict (``build_checkpoint``): ``format``, ``model_name`` (and timm's ``arch``), ``model_kwargs``,
+``num_classes``, ``class_names``, ``config``, ``model``, ``epoch``; ``best.pth`` adds the metrics (``val_acc1``,
+``metric``, ``best_acc1``, ``best_epoch``, ``model_ema``, ``finetuned_from``) and ``last.pth`` the training state
+(``optimizer``, ``scheduler``, ``scaler``, ``sampler``, ``num_updates``) and every ``log`` row.
 
 ``last.pth`` is the record of a run: besides the training state it carries every log row and the epoch
 of the best weights. It is written first at each epoch end; ``best.pth``, ``log.jsonl`` and
@@ -11,20 +16,69 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from ..data import class_difference
 from ..errors import UserError
-from ..weights import FORMAT, CheckpointError, read_checkpoint
+from ..run_log import read_log
+from ..weights import FORMAT, CheckpointError, is_training_checkpoint, read_checkpoint
 from .config import Config, to_dict
-from .run_folder import read_log, write_summary
+from .run_folder import write_summary
 
-__all__ = ["FORMAT", "check_resumable", "repair_run_record", "save_checkpoint", "training_state", "write_log"]
+# What a resumed run must share with the run it continues: the weights, optimizer state and schedule in last.pth
+# were made for these (the optimizer's parameter groups for freeze, layer_decay and gate_lr_scale, the schedule's
+# updates per epoch for accum_steps).
+RESUME_FIXED = (
+    "model",
+    "model_kwargs",
+    "img_size",
+    "opt",
+    "sched",
+    "model_ema",
+    "sampling_ratio",
+    "hold_images_seen",
+    "freeze",
+    "layer_decay",
+    "accum_steps",
+    "gate_lr_scale",
+)
+# What the weights alone keep (best.pth): the training state is left out.
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "sampler", "num_updates", "log")
 
-# What a resumed run must share with the run it continues (the weights, optimizer state and schedule
-# in last.pth were made for these).
-RESUME_FIXED = ("model", "model_kwargs", "img_size", "opt", "sched", "model_ema", "sampling_ratio", "hold_images_seen")
+
+def build_checkpoint(
+    model: torch.nn.Module,
+    model_name: str,
+    model_kwargs: dict,
+    class_names: Sequence[str] | None,
+    *,
+    num_classes: int | None = None,
+    config: dict | None = None,
+    epoch: int | None = None,
+    **state,
+) -> dict:
+    """A checkpoint of ``model`` (a ``model_name`` variant built with ``model_kwargs``) in train.py's format.
+
+    ``state`` adds entries; a value with a ``state_dict()`` (optimizer, scheduler, scaler, an EMA's module) is
+    stored as its state dict.
+    """
+    ckpt = {
+        "format": FORMAT,
+        "model_name": model_name,
+        "arch": model_name,
+        "model_kwargs": dict(model_kwargs),
+        "num_classes": len(class_names) if class_names is not None else num_classes,
+        "class_names": list(class_names) if class_names is not None else None,
+        "config": dict(config or {}),
+        "model": model.state_dict(),
+        "epoch": epoch,
+    }
+    for key, value in state.items():
+        ckpt[key] = value.state_dict() if hasattr(value, "state_dict") else value
+    return ckpt
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -79,7 +133,7 @@ def _umask() -> int:
 
 def training_state(ckpt: dict) -> dict:
     """Our `last.pth` contents, checked to be a resumable checkpoint."""
-    if ckpt.get("format") != FORMAT or "optimizer" not in ckpt:
+    if not is_training_checkpoint(ckpt) or "optimizer" not in ckpt:
         raise CheckpointError(
             "--resume needs a last.pth written by this train.py (other checkpoints hold weights only)"
         )
@@ -98,15 +152,6 @@ def check_resumable(state: dict, cfg: Config, class_names: list[str], path) -> N
     stored = state.get("class_names")
     if stored is not None and list(stored) != list(class_names):
         raise CheckpointError(f"--resume {path}: {class_difference(stored, class_names)}")
-
-
-def class_difference(stored: list[str], data: list[str]) -> str:
-    """One line saying how the checkpoint's class names differ from the data's."""
-    if len(stored) != len(data):
-        return f"the checkpoint has {len(stored)} classes, the data {len(data)}"
-    diff = [(a, b) for a, b in zip(stored, data) if a != b]
-    a, b = diff[0]
-    return f"the checkpoint's classes differ from the data's at {len(diff)} place(s), e.g. '{a}' vs '{b}'"
 
 
 def jsonable(row):
@@ -138,8 +183,7 @@ def write_log(out: Path, rows: list[dict]) -> None:
 
 def best_weights(last: dict) -> dict:
     """The ``best.pth`` of the epoch ``last`` holds: its weights without the training state."""
-    drop = ("optimizer", "scheduler", "scaler", "sampler", "num_updates", "log")
-    return {k: v for k, v in last.items() if k not in drop}
+    return {k: v for k, v in last.items() if k not in TRAINING_STATE}
 
 
 def repair_run_record(out: Path, state: dict, start_epoch: int) -> tuple[list[dict], list[str]]:

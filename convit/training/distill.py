@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .config import Config
 
 
@@ -99,7 +99,7 @@ def build_teacher(cfg: Config, num_classes: int, in_chans: int) -> tuple[torch.n
         try:
             teacher = timm.create_model(cfg.teacher, pretrained=cfg.teacher_pretrained, **kwargs)
         except (RuntimeError, OSError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            first = first_line(e)
             raise DistillationError(
                 f"teacher '{cfg.teacher}' could not be created ({first}); without a network, train a teacher "
                 "with train.py and pass its best.pth as --teacher"
@@ -123,7 +123,7 @@ def check_teacher_input(teacher: torch.nn.Module, description: str, in_chans: in
         with torch.no_grad():
             teacher(torch.zeros(1, in_chans, img_size, img_size))
     except (RuntimeError, ValueError, AssertionError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e)
         raise DistillationError(
             f"teacher {description} does not take the student's {img_size}x{img_size} images ({first}); use a "
             "teacher built for that input size, or set --img-size to the teacher's"

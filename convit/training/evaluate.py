@@ -1,4 +1,4 @@
-"""Evaluate a ConViT: top-1, top-5 and loss on an ImageFolder's val/ or the digits val split.
+"""Evaluate a ConViT: top-1, top-5 and loss on the validation split of any dataset train.py reads.
 
     python eval.py --checkpoint out/best.pth                        # ours: model and data from the file
     python eval.py --model convit_small --checkpoint convit_small.pth --data-path /data/imagenet
@@ -18,34 +18,55 @@ from pathlib import Path
 
 import torch
 
-from convit.data import DataError, build_loaders
+from convit.data import DataError, build_loaders, class_difference
 from convit.errors import UserError, run_entry_point
-from convit.training.checkpoint import class_difference
+from convit.training.checks import check_range
+from convit.training.cli import add_keys
 from convit.training.config import Config, from_dict, validate
 from convit.training.distributed import cleanup, init_distributed
 from convit.training.engine import evaluate
+from convit.training.values import coerce
 from convit.variants import create_model
-from convit.weights import FORMAT, extract_state_dict, inferred_settings, model_from_checkpoint
+from convit.weights import extract_state_dict, inferred_settings, is_training_checkpoint, model_from_checkpoint
+
+# The schema keys eval.py shares with train.py, and what their defaults are here.
+SHARED_KEYS = (
+    "data",
+    "data_path",
+    "digits_classes",
+    "img_size",
+    "crop_pct",
+    "interpolation",
+    "batch_size",
+    "num_workers",
+)
+EVAL_DEFAULTS = {
+    "data": "the checkpoint's (imagefolder for a checkpoint that names none)",
+    "data_path": "the checkpoint's",
+    "digits_classes": "the checkpoint's",
+    "img_size": "the model's",
+    "crop_pct": "the checkpoint's",
+    "interpolation": "the checkpoint's",
+    "batch_size": 128,
+    "num_workers": "0 on the digits, else up to 8",
+}
 
 
 def parse_args(argv=None):
+    """eval.py's arguments; the data and input flags are train.py's (the same schema), read into their types."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    p.add_argument("--checkpoint", help="checkpoint file (ours, timm's or the original authors')")
-    p.add_argument("--pretrained", action="store_true", help="timm's pretrained weights for --model")
-    p.add_argument("--model", help="variant name; read from our checkpoints when omitted")
-    p.add_argument(
-        "--data",
-        choices=["auto", "digits", "imagefolder"],
-        default=None,
-        help="dataset; default: the checkpoint's, or imagefolder when --data-path is given",
-    )
-    p.add_argument("--data-path", help="ImageFolder root holding val/")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--num-workers", type=int, help="loader processes (default: 0 on digits, else 8)")
-    p.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of the checkpoint")
-    p.add_argument("--output", help="write the results to this JSON file")
-    return p.parse_args(argv)
+    what = p.add_argument_group("model")
+    what.add_argument("--checkpoint", metavar="PATH", help="checkpoint file (ours, timm's or the original authors')")
+    what.add_argument("--pretrained", action="store_true", help="timm's pretrained weights for --model")
+    what.add_argument("--model", metavar="NAME", help="variant name; read from the checkpoint when omitted")
+    what.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of the checkpoint")
+    add_keys(p, SHARED_KEYS, EVAL_DEFAULTS)
+    p.add_argument("--output", metavar="PATH", help="write the results to this JSON file; default: none")
+    args = p.parse_args(argv)
+    given = {k: coerce(k, v) for k, v in vars(args).items() if k in SHARED_KEYS}
+    for name in SHARED_KEYS:
+        setattr(args, name, given.get(name))
+    return args
 
 
 def check_args(args) -> None:
@@ -54,11 +75,8 @@ def check_args(args) -> None:
         raise UserError("give --checkpoint FILE or --model NAME --pretrained")
     if args.pretrained and not args.model:
         raise UserError("--pretrained needs --model NAME")
-    for name in ("batch_size", "img_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
-    if args.num_workers is not None and args.num_workers < 0:
-        raise UserError(f"--num-workers must be 0 or more, not {args.num_workers}")
+    for name in SHARED_KEYS:
+        check_range(name, getattr(args, name))
     if args.output and Path(args.output).is_dir():
         raise UserError(
             f"--output '{args.output}' is a folder; name a JSON file, e.g. {Path(args.output) / 'results.json'}"
@@ -81,7 +99,7 @@ def load_model(args):
     model, ckpt = model_from_checkpoint(
         args.checkpoint, args.model, use_ema=args.use_ema, **({"img_size": args.img_size} if args.img_size else {})
     )
-    if ckpt.get("format") == FORMAT:
+    if is_training_checkpoint(ckpt):
         return model, from_dict(ckpt["config"]), ckpt.get("class_names")
     inferred = inferred_settings(ckpt, extract_state_dict(ckpt, use_ema=args.use_ema))
     told = {"model": args.model, "img_size": args.img_size}
@@ -103,21 +121,21 @@ def main(args) -> dict:
     dist = init_distributed()
     model, cfg, class_names = load_model(args)
     model.to(dist.device)
-    if args.data_path:
-        cfg.data_path = args.data_path
-        cfg.data = args.data or "imagefolder"
-    elif args.data:
-        cfg.data = args.data
+    if args.data_path and args.data is None and cfg.data in ("auto", "digits"):
+        cfg.data = "imagefolder"  # a folder given for a digits model: its val/ ImageFolder
+    for name in SHARED_KEYS:
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if args.data == "digits" and args.data_path is None:
+        cfg.data_path = None
     cfg = validate(cfg)
-    cfg.batch_size = args.batch_size
+    cfg.batch_size = args.batch_size or 128
     cfg.num_workers = (
         args.num_workers
         if args.num_workers is not None
         else (0 if cfg.data == "digits" else min(8, os.cpu_count() or 1))
     )
     cfg.sampling_ratio = 1.0
-    if args.img_size:
-        cfg.img_size = args.img_size
     loaders = build_loaders(cfg, dist.rank, dist.world_size, need_train=False, pin_memory=dist.device.type == "cuda")
     if loaders.num_classes != model.num_classes:
         raise DataError(
@@ -143,7 +161,8 @@ def main(args) -> dict:
         "model": cfg.model,
         "checkpoint": args.checkpoint,
         "pretrained": args.pretrained,
-        "data": cfg.data_path if cfg.data == "imagefolder" else "digits",
+        "data": cfg.data,
+        "data_path": cfg.data_path,
         "world_size": dist.world_size,
         **stats,
     }

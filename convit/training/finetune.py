@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import UserError
-from ..weights import FORMAT, CheckpointError, extract_state_dict, read_checkpoint
+from ..errors import UserError, first_line
+from ..weights import CheckpointError, extract_state_dict, is_training_checkpoint, read_checkpoint
 from .config import Config
 
 HEAD_KEYS = ("head.weight", "head.bias")
@@ -43,7 +43,7 @@ def read_source(cfg: Config) -> Source:
         return Source(_hub_weights(cfg.model), f"timm's published {cfg.model} weights (hub)", None)
     ckpt = read_checkpoint(cfg.finetune)
     sd = _state_dict(cfg.finetune, ckpt)
-    if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
+    if is_training_checkpoint(ckpt):
         return Source(sd, f"'{cfg.finetune}' ({ckpt.get('model_name')}, train.py)", ckpt.get("class_names"))
     kind = "the original authors' checkpoint" if isinstance(ckpt.get("model"), dict) else "a state dict"
     return Source(sd, f"'{cfg.finetune}' ({kind})", None)
@@ -70,7 +70,7 @@ def _hub_weights(name: str) -> dict:
     except UserError:
         raise
     except Exception as e:  # the hub's many network/cache errors
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e)
         raise FinetuneError(
             f"timm's {name} weights could not be fetched ({type(e).__name__}: {first}); "
             "download them elsewhere and pass --pretrained-file PATH"

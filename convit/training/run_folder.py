@@ -200,29 +200,6 @@ class RunLock:
         self.release()
 
 
-def read_log(path: Path, before_epoch: int) -> tuple[list[dict], str | None]:
-    """(log rows of epochs before ``before_epoch``, a note or None). A truncated last line (a kill
-    mid-write) is dropped with a note; a damaged line elsewhere is a one-line error."""
-    if not path.is_file():
-        return [], None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise RunFolderError(f"{path}:{line} holds bytes that are not UTF-8; repair or remove the file") from None
-    lines = [line for line in text.splitlines() if line.strip()]
-    rows, note = [], None
-    for number, line in enumerate(lines, 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number == len(lines):
-                note = f"dropped a truncated last line of {path}"
-                break
-            raise RunFolderError(f"{path}:{number} is not a JSON line; repair or remove the file") from None
-    return [r for r in rows if isinstance(r, dict) and r.get("epoch", -1) < before_epoch], note
-
-
 SUMMARY_FIELDS = ("epoch", "lr", "train_loss", "val_loss", "val_acc1", "val_acc5", "val_acc1_ema", "val_acc5_ema")
 
 

@@ -25,8 +25,8 @@ from convit.data import build_loaders, input_channels
 from convit.errors import run_entry_point
 from convit.locality import epoch_locality
 from convit.training.checkpoint import (
-    FORMAT,
     best_weights,
+    build_checkpoint,
     check_resumable,
     repair_run_record,
     save_checkpoint,
@@ -65,11 +65,6 @@ def resume_path(cfg: Config) -> Path | None:
     return Path(cfg.resume) if cfg.resume else None
 
 
-# What a resumed run must share with last.pth beyond checkpoint.RESUME_FIXED: the optimizer's parameter
-# groups (freeze, layer_decay) and the schedule's updates per epoch (accum_steps) were made for these.
-TUNING_FIXED = ("freeze", "layer_decay", "accum_steps", "gate_lr_scale")
-
-
 # What a resumed run may change: the optimizer's hyperparameters and the schedule are rebuilt from them.
 SCHEDULE_KEYS = ("lr", "lr_base_batch", "batch_size", "epochs", "sched", "min_lr", "warmup_lr", "warmup_epochs")
 OPTIMIZER_KEYS = ("weight_decay", "momentum", "clip_grad")
@@ -91,16 +86,6 @@ def load_optimizer_state(optimizer, saved: dict) -> None:
     optimizer.load_state_dict(saved)
     for group, values in zip(optimizer.param_groups, hyper):
         group.update(values)
-
-
-def check_same_tuning(state: dict, cfg: Config, path) -> None:
-    before = state.get("config", {})
-    for key in TUNING_FIXED:
-        if key in before and before[key] != getattr(cfg, key):
-            raise CheckpointError(
-                f"--resume {path}: the run was trained with {key}={before[key]!r}, the command line now says "
-                f"{key}={getattr(cfg, key)!r}; drop the change, or start a new run in another --output-dir"
-            )
 
 
 def tensorboard_writer(cfg: Config, out: Path):
@@ -147,7 +132,6 @@ def main(argv=None) -> None:
     finetune_notes, finetuned_from = [], None
     if state:
         check_resumable(state, cfg, loaders.class_names, path)
-        check_same_tuning(state, cfg, path)
         load_weights(model, state["model"], f"checkpoint '{path}'")
         broken = nonfinite_parameters(model)
         if broken:
@@ -311,29 +295,26 @@ def main(argv=None) -> None:
             if dist.is_main:
                 # the epoch end as one transaction: last.pth (which carries the log and the best epoch) commits
                 # it; best.pth, log.jsonl and summary.csv follow and a resume rebuilds them from it
-                last = {
-                    "format": FORMAT,
-                    "model_name": cfg.model,
-                    "arch": cfg.model,
-                    "model_kwargs": kwargs,
-                    "num_classes": loaders.num_classes,
-                    "class_names": loaders.class_names,
-                    "finetuned_from": finetuned_from,
-                    "config": to_dict(cfg),
-                    "model": model.state_dict(),
-                    "epoch": epoch,
-                    "val_acc1": row["val_acc1"],
-                    "metric": row["val_acc1"],
-                    "best_acc1": best_acc1,
-                    "best_epoch": best_epoch,
-                    "model_ema": ema.module.state_dict() if ema is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": loss_scaler.state_dict() if loss_scaler is not None else None,
-                    "sampler": {"epoch": epoch + 1},
-                    "num_updates": num_updates,
-                    "log": log,
-                }
+                last = build_checkpoint(
+                    model,
+                    cfg.model,
+                    kwargs,
+                    loaders.class_names,
+                    config=to_dict(cfg),
+                    epoch=epoch,
+                    finetuned_from=finetuned_from,
+                    val_acc1=row["val_acc1"],
+                    metric=row["val_acc1"],
+                    best_acc1=best_acc1,
+                    best_epoch=best_epoch,
+                    model_ema=ema.module if ema is not None else None,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=loss_scaler,
+                    sampler={"epoch": epoch + 1},
+                    num_updates=num_updates,
+                    log=log,
+                )
                 save_checkpoint(last, out / "last.pth")
                 if best_epoch == epoch:
                     save_checkpoint(best_weights(last), out / "best.pth")

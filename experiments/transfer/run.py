@@ -14,9 +14,9 @@ Every run is ``convit.training.train.main`` with a command line (recorded in res
 runs are exactly what ``python train.py ...`` would do. Validation is the fixed digits split
 (restricted to the run's classes).
 
-    OMP_NUM_THREADS=1 python experiments/transfer.py                 # 3 seeds, writes experiments/results_transfer/
-    python experiments/transfer.py --tiny --out /tmp/transfer         # a smoke test of the whole pipeline
-    python experiments/transfer.py --parts distillation --reuse-teacher   # redo one part; OUT keeps the other's rows
+    OMP_NUM_THREADS=1 python -m experiments.transfer.run           # 3 seeds, writes experiments/transfer/results/
+    python -m experiments.transfer.run --tiny --out /tmp/transfer   # a smoke test of the whole pipeline
+    python -m experiments.transfer.run --parts distillation --reuse-teacher   # redo one part; OUT keeps the other's rows
 
 Writes OUT/results.csv (one row per run), OUT/summary.csv and OUT/summary.md (mean +- std over seeds)
 and OUT/run.log (everything the runs printed).
@@ -27,19 +27,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing it
-    sys.path.insert(0, str(ROOT))
-
-from convit.training.train import main as train_main  # noqa: E402
+from convit.run_log import log_rows
+from convit.training.train import main as train_main
 
 COMMON = ["--progress", "false", "--locality-images", "0", "--num-workers", "0", "--overwrite"]
 # the transfer model: the digits recipe at width 48, depth 4 (3 GPSA blocks), patch 4
@@ -67,7 +62,7 @@ def run(name: str, argv: list[str], out: Path, log, reuse: bool = False) -> dict
         print(f"$ python train.py {' '.join(argv)}", file=log, flush=True)
         with contextlib.redirect_stdout(log):
             train_main(argv)
-    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    rows = log_rows(folder)
     import torch
 
     ckpt = torch.load(folder / "last.pth", map_location="cpu", weights_only=True)
@@ -185,7 +180,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results_transfer")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--tiny", action="store_true", help="1 epoch per run: a smoke test of the pipeline")
     parser.add_argument(
         "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="run only these; OUT keeps the others' rows"

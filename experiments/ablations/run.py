@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The paper's Table 3 at desk scale: which parts of ConViT matter, on 10 % and 100 % of the digits.
 
-Five settings of the data-efficiency model (``experiments/configs/data_efficiency.yaml``), each trained on the
+Five settings of the data-efficiency model (``experiments/data_efficiency/config.yaml``), each trained on the
 shared engine for the same number of optimizer steps at a fixed batch (the same images seen, whatever the
 fraction), on the same class-balanced subset for a given seed, so that every difference is paired by seed:
 
@@ -11,8 +11,8 @@ fraction), on the same class-balanced subset for a given seed, so that every dif
 - ``neither``: both of the above;
 - ``deit``: the DeiT twin, ``model_kwargs.local_up_to_layer: 0`` (every block plain self-attention).
 
-    python experiments/ablations.py --out experiments/results_ablations   # 5 settings x 2 fractions x 5 seeds
-    python experiments/ablations.py --resume --out experiments/results_ablations   # finish an interrupted one
+    python -m experiments.ablations.run --out experiments/ablations/results   # 5 settings x 2 fractions x 5 seeds
+    python -m experiments.ablations.run --resume --out experiments/ablations/results   # finish an interrupted one
 
 Writes OUT/results.csv (one row per run), OUT/locality.csv (non-locality and gate per run, block and head),
 OUT/summary.csv and OUT/summary.md (mean ± std per setting, each difference from ``full`` with its paired 95 %
@@ -24,17 +24,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import data_efficiency as de  # noqa: E402
-
-from convit.errors import UserError, run_entry_point  # noqa: E402
-from convit.training.config import Config, validate  # noqa: E402
+from convit.errors import UserError, run_entry_point
+from convit.locality.plots import pyplot
+from convit.training.config import Config, validate
+from experiments.data_efficiency.run import DEFAULT_CONFIG
+from experiments.harness import (
+    add_recipe_flags,
+    base_config,
+    describe,
+    digits_data,
+    mean_std,
+    num,
+    paired_difference,
+    prepare_out,
+    read_csv,
+    run_grid,
+    write_csv,
+)
 
 # setting -> (what it changes in the base recipe, gates trained?, convolutional init?)
 SETTINGS = {
@@ -70,37 +81,6 @@ def setting_config(base: Config, setting: str, fraction: float, seed: int) -> Co
     return validate(cfg)
 
 
-def paired_difference(ours: dict[int, float], full: dict[int, float]) -> dict:
-    """Mean difference ours - full over the seeds both have, its std, 95 % t confidence interval, the paired
-    t-test's two-sided p-value and in how many seeds ours was lower."""
-    from scipy import stats
-
-    seeds = sorted(set(ours) & set(full))
-    d = np.array([ours[s] - full[s] for s in seeds], dtype=float)
-    if len(d) < 2:
-        return {
-            "diff_mean": float(d.mean()) if len(d) else math.nan,
-            "diff_std": math.nan,
-            "ci_low": math.nan,
-            "ci_high": math.nan,
-            "p_value": math.nan,
-            "lower_in": int((d < 0).sum()),
-            "pairs": len(d),
-        }
-    mean, std = float(d.mean()), float(d.std(ddof=1))
-    half = float(stats.t.ppf(0.975, len(d) - 1)) * std / math.sqrt(len(d))
-    p = float(stats.ttest_1samp(d, 0.0).pvalue) if std > 0 else (1.0 if mean == 0 else 0.0)
-    return {
-        "diff_mean": mean,
-        "diff_std": std,
-        "ci_low": mean - half,
-        "ci_high": mean + half,
-        "p_value": p,
-        "lower_in": int((d < 0).sum()),
-        "pairs": len(d),
-    }
-
-
 def summarize(results: list[dict]) -> list[dict]:
     """One row per (fraction, setting): mean ± std top-1, the paired difference from ``full``, the paper's."""
     rows = []
@@ -116,7 +96,7 @@ def summarize(results: list[dict]) -> list[dict]:
         for name, (_, gates, local) in SETTINGS.items():
             if not acc[name]:
                 continue
-            mean, std = de.mean_std(list(acc[name].values()))
+            mean, std = mean_std(list(acc[name].values()))
             paper = PAPER[name][PAPER_FRACTIONS.index(fraction)] if fraction in PAPER_FRACTIONS else None
             paper_full = PAPER["full"][PAPER_FRACTIONS.index(fraction)] if paper is not None else None
             row = {
@@ -135,10 +115,6 @@ def summarize(results: list[dict]) -> list[dict]:
     return rows
 
 
-def _num(x, fmt="{:.1f}") -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
-
-
 def summary_markdown(summary: list[dict], setting: str, gates: dict) -> str:
     """The results table (one block per fraction) and the final gates per GPSA block, as markdown."""
     yes = {True: "yes", False: "no", None: "–"}
@@ -154,14 +130,14 @@ def summary_markdown(summary: list[dict], setting: str, gates: dict) -> str:
         diff = (
             "–"
             if full
-            else f"{_num(r['diff_mean'], '{:+.1f}')} [{_num(r['ci_low'], '{:+.1f}')}, "
-            + (f"{_num(r['ci_high'], '{:+.1f}')}]")
+            else f"{num(r['diff_mean'], '{:+.1f}')} [{num(r['ci_low'], '{:+.1f}')}, "
+            + (f"{num(r['ci_high'], '{:+.1f}')}]")
         )
         lines.append(
             f"| {r['fraction']:g} | {r['setting']} | {yes[r['gates_trained']]} | {yes[r['local_init']]} | "
-            f"{_num(r['mean'])} ± {_num(r['std'])} | {diff} | {'–' if full else _num(r['p_value'], '{:.3f}')} | "
-            f"{'–' if full else str(r['lower_in']) + '/' + str(r['pairs'])} | {_num(r['paper'])} | "
-            f"{'–' if full else _num(r['paper_diff'], '{:+.1f}')} |"
+            f"{num(r['mean'])} ± {num(r['std'])} | {diff} | {'–' if full else num(r['p_value'], '{:.3f}')} | "
+            f"{'–' if full else str(r['lower_in']) + '/' + str(r['pairs'])} | {num(r['paper'])} | "
+            f"{'–' if full else num(r['paper_diff'], '{:+.1f}')} |"
         )
     lines += [
         "",
@@ -181,9 +157,7 @@ def summary_markdown(summary: list[dict], setting: str, gates: dict) -> str:
             "|---|---|" + "---|" * len(blocks),
         ]
         for (name, fraction), cells in gates.items():
-            lines.append(
-                f"| {fraction:g} | {name} | " + " | ".join(_num(cells.get(b), "{:.2f}") for b in blocks) + " |"
-            )
+            lines.append(f"| {fraction:g} | {name} | " + " | ".join(num(cells.get(b), "{:.2f}") for b in blocks) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -204,10 +178,7 @@ def final_gates(locality: list[dict]) -> dict:
 
 def plot(summary: list[dict], out: Path, setting: str) -> None:
     """Per fraction: each setting's difference from ``full`` with its 95 % interval, the paper's beside it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fractions = sorted({r["fraction"] for r in summary}, reverse=True)
     fig, axes = plt.subplots(1, len(fractions), figsize=(5 * len(fractions), 3.8), squeeze=False)
@@ -242,14 +213,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="out/ablations")
     p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
     p.add_argument("--overwrite", action="store_true", help="start again over OUT's previous results")
-    de.add_recipe_flags(p)
+    add_recipe_flags(p, DEFAULT_CONFIG)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    base = de.base_config(args)
+    base = base_config(args)
     fractions = [float(x) for x in args.fractions.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
     settings = args.settings.split(",")
@@ -259,18 +230,18 @@ def main(argv=None) -> None:
     if not all(0 < f <= 1 for f in fractions):
         raise UserError(f"--fractions must lie in (0, 1] (got {args.fractions})")
     out = Path(args.out)
-    de.prepare_out(out, args.resume, args.overwrite)
+    prepare_out(out, args.resume, args.overwrite)
 
-    setting = de.describe(base, args.steps, f"{base.model_kwargs['local_up_to_layer']} GPSA")
+    setting = describe(base, args.steps, f"{base.model_kwargs['local_up_to_layer']} GPSA")
     print(setting, flush=True)
-    data = de.digits_data(base)
+    data = digits_data(base)
     # seeds outermost: an interrupted experiment still has complete pairs for its first seeds
     plan = [(name, f, s) for s in seeds for f in fractions for name in settings]
-    de.run_grid(plan, out, base, setting_config, args.steps, args.warmup_steps, data, key="setting")
+    run_grid(plan, out, base, setting_config, args.steps, args.warmup_steps, data, key="setting")
 
-    results, locality = de.read_csv(out / "results.csv"), de.read_csv(out / "locality.csv")
+    results, locality = read_csv(out / "results.csv"), read_csv(out / "locality.csv")
     summary = summarize(results)
-    de.write_csv(out / "summary.csv", summary, list(summary[0]))
+    write_csv(out / "summary.csv", summary, list(summary[0]))
     (out / "summary.md").write_text(summary_markdown(summary, setting, final_gates(locality)))
     plot(summary, out, setting)
     print((out / "summary.md").read_text(), flush=True)
@@ -278,4 +249,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    run_entry_point("ablations.py", main)
+    run_entry_point("experiments.ablations.run", main)

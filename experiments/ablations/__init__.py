@@ -1,0 +1,1 @@
+"""The ablations experiment: ``python -m experiments.ablations.run`` (see this folder's README.md)."""

@@ -1,0 +1,1 @@
+"""The transfer experiment: ``python -m experiments.transfer.run`` (see this folder's README.md)."""
