@@ -157,7 +157,7 @@ COVERED = {
     "torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=$HEAD:29500 --rdzv-id=convit_s "
     "train.py --config configs/convit_small_in1k.yaml --data-path /data/imagenet --batch-size 64": (
         ELSEWHERE,
-        "tests/test_distributed.py::test_two_nodes_equal_one_node_with_two_processes",
+        "tests/training/test_distributed.py::test_two_nodes_equal_one_node_with_two_processes",
     ),
     "torchrun --nproc_per_node=8 train.py --config configs/convit_small_in1k.yaml --data-path /data/imagenet "
     "--resume auto": ("torchrun", None),
@@ -169,63 +169,63 @@ COVERED = {
     "python eval.py --checkpoint out/digits/best.pth": ("digits", None),
     "python -m convit.locality --model convit_tiny --out out/locality": (
         ELSEWHERE,
-        "tests/test_locality_command.py::test_readme_command_forms_by_name",
+        "tests/locality/test_command.py::test_readme_command_forms_by_name",
     ),
     "python -m convit.locality --model convit_tiny --model deit_tiny_patch16_224 --out out/untrained": (
         ELSEWHERE,
-        "tests/test_locality_command.py::test_readme_command_forms_by_name",
+        "tests/locality/test_command.py::test_readme_command_forms_by_name",
     ),
     "python -m convit.locality --checkpoint out/best.pth --data-path /data/imagenet/val --num-images 256 "
     "--images 0,17 --query 7,7 --query 2,11 --ablate --out out/locality": (
         ELSEWHERE,
-        "tests/test_locality_command.py::test_readme_command_form_with_folder_images_and_queries",
+        "tests/locality/test_command.py::test_readme_command_form_with_folder_images_and_queries",
     ),
     "python train.py --epochs 10 --output-dir out/convit_digits": (
         ELSEWHERE,
-        "tests/test_locality_command.py::test_readme_commands",
+        "tests/locality/test_command.py::test_readme_commands",
     ),
     "python train.py --epochs 10 --local-up-to-layer 0 --output-dir out/deit_digits": (
         ELSEWHERE,
-        "tests/test_locality_command.py::test_readme_commands",
+        "tests/locality/test_command.py::test_readme_commands",
     ),
     "python -m convit.locality --checkpoint out/convit_digits/best.pth --checkpoint out/deit_digits/best.pth "
     "--images 2 --query 1,1 --query 2,2 --ablate --out docs/figures/locality_digits": (
         ELSEWHERE,
-        "tests/test_locality_command.py::test_readme_commands",
+        "tests/locality/test_command.py::test_readme_commands",
     ),
     "python -m convit.locality --log out/train/log.jsonl --out out/locality": (
         ELSEWHERE,
-        "tests/test_locality_command.py::test_readme_commands",
+        "tests/locality/test_command.py::test_readme_commands",
     ),
     "python -m convit.locality --log out/convit_digits/log.jsonl --out docs/figures/locality_digits/over_epochs": (
         ELSEWHERE,
-        "tests/test_locality_command.py::test_readme_commands",
+        "tests/locality/test_command.py::test_readme_commands",
     ),
     "python train.py --config finetune_in1k_384 --model convit_small --finetune pretrained --data-path /data/imagenet": (
         ELSEWHERE,
-        "tests/test_finetune.py::test_finetune_pretrained_reads_an_offline_file",
+        "tests/training/test_finetune.py::test_finetune_pretrained_reads_an_offline_file",
     ),
     "python train.py --config transfer_cifar10 --model convit_small --finetune out/in1k/best.pth --data-path /data/cifar": (
         ELSEWHERE,
-        "tests/test_transfer.py::test_cifar10_from_local_pickles_trains_one_epoch",
+        "tests/data/test_transfer.py::test_cifar10_from_local_pickles_trains_one_epoch",
     ),
     "python train.py --config transfer_flowers102 --finetune pretrained --pretrained-file convit_small.safetensors "
     "--data-path /data/flowers --freeze head_only": (
         ELSEWHERE,
-        "tests/test_finetune.py::test_finetune_pretrained_reads_an_offline_file",
+        "tests/training/test_finetune.py::test_finetune_pretrained_reads_an_offline_file",
     ),
     "OMP_NUM_THREADS=1 python -m experiments.transfer.run": (
         ELSEWHERE,
-        "tests/test_transfer.py::test_the_transfer_experiment_runs_in_tiny_form",
+        "tests/experiments/test_transfer.py::test_the_transfer_experiment_runs_in_tiny_form",
     ),
     "python -m experiments.data_efficiency.run --fractions 0.05,0.1,0.3,0.5,1.0 --seeds 0,1,2 --steps 800 "
     "--out experiments/data_efficiency/results": (
         ELSEWHERE,
-        "tests/test_data_efficiency.py::test_tiny_run_writes_every_output",
+        "tests/experiments/test_data_efficiency.py::test_tiny_run_writes_every_output",
     ),
     "python -m experiments.ablations.run --out experiments/ablations/results": (
         ELSEWHERE,
-        "tests/test_ablations.py::test_tiny_run_of_every_setting_then_resume",
+        "tests/experiments/test_ablations.py::test_tiny_run_of_every_setting_then_resume",
     ),
     "OMP_NUM_THREADS=1 python train.py --config experiments/convergence/config.yaml --seed 0 "
     "--output-dir experiments/convergence/results/convit_seed0": (ELSEWHERE, CONVERGENCE),

@@ -94,15 +94,6 @@ def test_resume_auto_without_last_pth_keeps_the_previous_run(tmp_path):
         check_output_dir(tmp_path, resuming=True, overwrite=False, resume_auto=True)
 
 
-def test_truncated_last_log_line_is_dropped_with_a_note(tmp_path):
-    path = tmp_path / "log.jsonl"
-    path.write_text('{"epoch": 0, "a": 1}\n{"epoch": 1, "a": 2}\n{"epoch": 2, "a"')
-    rows, note = read_log(path, before_epoch=5)
-    assert [r["epoch"] for r in rows] == [0, 1] and "truncated last line" in note
-    assert read_log(path, before_epoch=1)[0] == [{"epoch": 0, "a": 1}]
-    path.write_text('{"epoch": 0\n{"epoch": 1}\n')
-    with pytest.raises(RunLogError, match="log.jsonl:1 is not a JSON line"):
-        read_log(path, before_epoch=5)
 
 
 def test_summary_csv(tmp_path):
@@ -116,8 +107,3 @@ def test_summary_csv(tmp_path):
     assert lines[2].startswith("1,0.05,1.0,70.0")
 
 
-def test_log_with_bytes_that_are_not_utf8_is_one_line(tmp_path):
-    path = tmp_path / "log.jsonl"
-    path.write_bytes(b'{"epoch": 0}\n{"epoch": 1, "x": "\xff\xfe"}\n')
-    with pytest.raises(RunLogError, match=r"log.jsonl:2 holds bytes that are not UTF-8"):
-        read_log(path, before_epoch=5)

@@ -155,7 +155,7 @@ def test_eval_of_an_original_authors_checkpoint(folder, tmp_path, capsys):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import eval as eval_script
     from convit.variants import create_model
 

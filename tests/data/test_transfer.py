@@ -1,12 +1,11 @@
-"""Transfer datasets from local files (CIFAR-10 for real, the others' messages), and experiments/transfer/run.py."""
+"""Transfer datasets from local files (CIFAR-10 for real, the others' messages)."""
 
-import csv
 import json
 import pickle
 
 import numpy as np
 import pytest
-from conftest import NO_AUG, TINY_MODEL, read_log, run_module, run_script
+from conftest import NO_AUG, TINY_MODEL, read_log, run_script
 from PIL import Image
 
 import train as train_script
@@ -110,21 +109,3 @@ def test_inaturalist_in_the_authors_json_format(tmp_path):
     train, val, names = build_datasets(parse_args(["--data", "inat2018", "--data-path", str(root), *TINY_MODEL]))
     assert names == ["100", "101"] and len(train) == 4 and len(val) == 2 and train.targets == [0, 1, 0, 1]
     assert tuple(val[1][0].shape) == (3, 16, 16) and val[1][1] == 1
-
-
-def test_the_transfer_experiment_runs_in_tiny_form(tmp_path):
-    proc = run_module("experiments.transfer.run", ["--tiny", "--seeds", "0", "--out", tmp_path], timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    assert "| transfer | fine-tuned from 0-4 | 1 |" in proc.stdout
-    with open(tmp_path / "results.csv") as f:
-        rows = list(csv.DictReader(f))
-    arms = {r["arm"] for r in rows}
-    assert {"fine-tuned from 0-4", "from scratch", "student alone", "student + hard distillation"} <= arms
-    updates = {r["arm"]: r["updates"] for r in rows}
-    assert updates["fine-tuned from 0-4"] == updates["from scratch"]
-    ft = read_checkpoint(tmp_path / "runs" / "finetune_s0" / "last.pth")
-    assert "pretrain_s0" in ft["finetuned_from"] and ft["class_names"] == ["5", "6", "7", "8", "9"]
-    assert ft["config"]["img_size"] == 24 and ft["model"]["pos_embed"].shape[1] == 36
-    row = read_log(tmp_path / "runs" / "student_hard_s0")[0]
-    assert "train_loss_distill" in row and "train_loss_cls" in row
-    assert (tmp_path / "summary.md").read_text().startswith("Seeds 0")

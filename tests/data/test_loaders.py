@@ -1,7 +1,7 @@
-import os
+"""convit.data.loaders: datasets of a run, samplers, sharded validation, persistent workers."""
+
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 from conftest import make_image_folder
@@ -11,23 +11,10 @@ from convit.data import (
     DataError,
     build_datasets,
     build_loaders,
-    class_balanced_subset,
-    digits_split,
-    pil_rgb_loader,
     shard,
     train_sampler,
 )
 from convit.training.config import parse_args
-
-
-def test_class_balanced_subset_sizes_and_determinism():
-    targets = [0] * 100 + [1] * 30 + [2] * 7
-    keep = class_balanced_subset(targets, 0.1, seed=3)
-    assert Counter(targets[i] for i in keep) == {0: 10, 1: 3, 2: 1}  # every class kept, in proportion
-    assert keep == class_balanced_subset(targets, 0.1, seed=3)
-    assert keep != class_balanced_subset(targets, 0.1, seed=4)
-    assert len(set(keep)) == len(keep)
-    assert class_balanced_subset(targets, 1.0, seed=0) == list(range(len(targets)))
 
 
 def test_sampling_ratio_on_an_image_folder(tmp_path):
@@ -39,23 +26,6 @@ def test_sampling_ratio_on_an_image_folder(tmp_path):
     assert Counter(train.dataset.targets[i] for i in train.indices) == Counter(train.targets)
     image, label = train[0]
     assert image.shape == (3, 16, 16) and label == train.targets[0]
-
-
-def test_digits_split_is_fixed_and_class_balanced():
-    (Xtr, ytr), (Xva, yva) = digits_split()
-    assert len(ytr) + len(yva) == 1797 and len(yva) == 360
-    counts = np.bincount(yva.numpy(), minlength=10)
-    assert counts.min() >= 35 and counts.max() <= 37
-    (_, ytr2), (_, yva2) = digits_split()
-    assert torch.equal(yva, yva2) and torch.equal(ytr, ytr2)
-
-
-def test_digits_loader_shapes():
-    cfg = parse_args(["--batch-size", "32"])
-    loaders = build_loaders(cfg)
-    x, y = next(iter(loaders.train))
-    assert x.shape == (32, cfg.model_kwargs["in_chans"], cfg.img_size, cfg.img_size) and y.shape == (32,)
-    assert -1.0 <= x.min() and x.max() <= 1.0 and loaders.num_classes == 10
 
 
 def test_repeated_aug_sampler_keeps_the_whole_epoch():
@@ -76,23 +46,6 @@ def test_shard_counts_every_image_once():
     assert sum(len(shard(data, r, 3)) for r in range(3)) == 7
 
 
-def test_missing_folder_is_a_clear_error(tmp_path):
-    cfg = parse_args(["--data-path", str(tmp_path / "nope")])
-    with pytest.raises(DataError, match="not found"):
-        build_datasets(cfg)
-    (tmp_path / "only_val" / "val" / "a").mkdir(parents=True)
-    cfg = parse_args(["--data-path", str(tmp_path / "only_val")])
-    with pytest.raises(DataError, match=r"no images under '.*only_val/val'"):
-        build_datasets(cfg)
-
-
-def test_unreadable_image_names_the_file(tmp_path):
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(b"not a jpeg at all")
-    with pytest.raises(DataError, match="cannot read image '.*broken.jpg'"):
-        pil_rgb_loader(str(bad))
-
-
 def test_too_few_images_for_the_batch(tmp_path):
     root = make_image_folder(tmp_path, n_train=2, n_val=1)
     cfg = parse_args(["--data-path", str(root), "--batch-size", "16", "--img-size", "16"])
@@ -105,29 +58,6 @@ def test_an_imagefolder_needs_a_three_channel_model(tmp_path):
     cfg = parse_args(["--config", "digits", "--data-path", str(root)])  # digits' model takes 1 channel
     with pytest.raises(DataError, match="RGB .* in_chans=1"):
         build_datasets(cfg)
-
-
-def test_an_image_reached_twice_counts_once(tmp_path):
-    from convit.data import image_folder
-
-    root = make_image_folder(tmp_path / "d", n_train=3, n_val=1)
-    train = root / "train"
-    (train / "class_0" / "loop").symlink_to(train / "class_0", target_is_directory=True)  # a link loop
-    (train / "class_0" / "again.jpg").symlink_to(train / "class_0" / "000.jpg")  # a file linked twice
-    (train / "class_1" / "other_class.jpg").symlink_to(train / "class_2" / "001.jpg")  # linked into a class
-    (train / "class_2" / "hard.jpg").hardlink_to(train / "class_2" / "002.jpg")
-    dataset = image_folder(str(root), "train", transform=None)
-    assert len(dataset) == 9
-    assert len({os.path.realpath(p) for p, _ in dataset.samples}) == 9
-
-
-def test_a_decompression_bomb_is_named(tmp_path):
-    from PIL import Image
-
-    path = tmp_path / "bomb.png"
-    Image.new("1", (20000, 20000)).save(path)  # 400 M pixels in a small file
-    with pytest.raises(DataError, match="image '.*bomb.png' has more pixels than PIL opens safely"):
-        pil_rgb_loader(str(path))
 
 
 def _epoch_batches(loader, epoch):
