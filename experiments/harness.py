@@ -130,28 +130,31 @@ def locality_table(locality: list[dict]) -> dict:
     }
 
 
-def locality_markdown(locality: list[dict], init: list[dict] = ()) -> list[str]:
-    """The per-block non-locality table (GPSA blocks with their mean gate) as markdown lines."""
-    lines = []
-    table = locality_table(list(init) + list(locality))
-    if table:
-        blocks = sorted({b for cells in table.values() for b in cells})
-        lines += [
-            "Non-locality per block after training (patches; mean over heads and seeds; GPSA blocks "
-            "marked *, with their mean gate σ(λ) in brackets: 1 = positional, 0 = content); "
-            "'untrained': the same seeds' initial weights, before step 0:",
-            "",
-            "| model | fraction | " + " | ".join(f"block {b}" for b in blocks) + " |",
-            "|---|---|" + "---|" * len(blocks),
-        ]
-        for (model, fraction), cells in table.items():
-            parts = []
-            for b in blocks:
-                d, g = cells.get(b, (None, None))
-                parts.append("–" if d is None else (f"{d:.2f}* ({g:.2f})" if g is not None else f"{d:.2f}"))
-            label = "untrained" if fraction == "init" else f"{fraction:g}"
-            lines.append(f"| {model} | {label} | " + " | ".join(parts) + " |")
+def block_table(caption: str, headers: list[str], rows: list[tuple[list[str], dict[int, str]]]) -> list[str]:
+    """A markdown table with one column per block, under ``caption``: each row is (its labels, {block: cell})."""
+    blocks = sorted({b for _, cells in rows for b in cells})
+    lines = [caption, "", "| " + " | ".join([*headers, *(f"block {b}" for b in blocks)]) + " |"]
+    lines.append("|" + "---|" * (len(headers) + len(blocks)))
+    lines += ["| " + " | ".join([*labels, *(cells.get(b, "–") for b in blocks)]) + " |" for labels, cells in rows]
     return lines
+
+
+def locality_markdown(locality: list[dict], init: list[dict] = ()) -> list[str]:
+    """The per-block non-locality table (GPSA blocks marked, with their mean gate) as markdown lines."""
+    table = locality_table(list(init) + list(locality))
+    if not table:
+        return []
+    rows = []
+    for (model, fraction), cells in table.items():
+        label = "untrained" if fraction == "init" else f"{fraction:g}"
+        text = {b: f"{d:.2f}* ({g:.2f})" if g is not None else f"{d:.2f}" for b, (d, g) in cells.items()}
+        rows.append(([model, label], text))
+    caption = (
+        "Non-locality per block after training (patches; mean over heads and seeds; GPSA blocks marked *, with "
+        "their mean gate σ(λ) in brackets: 1 = positional, 0 = content); 'untrained': the same seeds' initial "
+        "weights, before step 0:"
+    )
+    return block_table(caption, ["model", "fraction"], rows)
 
 
 def locality_rows(model, val_images) -> list[dict]:
@@ -284,6 +287,33 @@ def append_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
         if new:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def add_grid_flags(p: argparse.ArgumentParser, fractions: str, seeds: str, steps: int, warmup: int, out: str) -> None:
+    """The flags every grid experiment has: its fractions, seeds, step budget, output folder and resuming."""
+    p.add_argument("--fractions", default=fractions, help=f"training-set fractions in (0, 1]; default: {fractions}")
+    p.add_argument("--seeds", default=seeds, help=f"seeds, comma-separated; default: {seeds}")
+    p.add_argument(
+        "--steps", type=int, default=steps, help=f"optimizer steps per run, for every fraction; default: {steps}"
+    )
+    p.add_argument("--warmup-steps", type=int, default=warmup, help=f"linear warm-up steps; default: {warmup}")
+    p.add_argument("--out", default=out, help=f"output folder; default: {out}")
+    p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
+    p.add_argument("--overwrite", action="store_true", help="start again over OUT's previous results")
+
+
+def grid_values(args: argparse.Namespace) -> tuple[list[float], list[int]]:
+    """(fractions, seeds) of the command line, or a one-line error."""
+    try:
+        fractions = [float(x) for x in args.fractions.split(",")]
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise UserError(
+            "--fractions and --seeds are comma-separated numbers, e.g. --fractions 0.1,1.0 --seeds 0,1"
+        ) from None
+    if not all(0 < f <= 1 for f in fractions):
+        raise UserError(f"--fractions must lie in (0, 1], not {args.fractions}")
+    return fractions, seeds
 
 
 def add_recipe_flags(p: argparse.ArgumentParser, default_config: Path) -> None:

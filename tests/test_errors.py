@@ -41,7 +41,7 @@ def test_real_bugs_keep_their_traceback(tmp_path):
 
 def test_every_package_error_is_a_user_error():
     from convit.data import DataError
-    from convit.locality.measures import LocalityError
+    from convit.locality.errors import LocalityError
     from convit.weights import CheckpointError
 
     for cls in (ConfigError, DataError, CheckpointError, LocalityError):

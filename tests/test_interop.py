@@ -18,7 +18,7 @@ from conftest import ROOT, child_env
 
 import convit
 from convit import ConViT
-from convit.model import resample_pos_embed
+from convit.pos_embed import resample_pos_embed
 
 TINY = dict(patch_size=16, embed_dim=32, num_heads=4, depth=2, local_up_to_layer=1, num_classes=5)
 

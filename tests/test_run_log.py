@@ -1,23 +1,8 @@
 """convit.run_log: reading a run's log.jsonl."""
-import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import child_env
 
 from convit.run_log import RunLogError, read_log
-from convit.training.run_folder import (
-    RunFolderError,
-    RunLock,
-    check_output_dir,
-    clear_previous_run,
-    lock_holder,
-    write_summary,
-)
 
 
 def test_truncated_last_log_line_is_dropped_with_a_note(tmp_path):

@@ -1,23 +1,24 @@
 """Locality analysis of ConViT (d'Ascoli et al., 2021) and timm's vision transformers: attention maps,
 non-locality (gated, content, positional), gates, positional centres and sharpness, rollout, head ablation.
 
-``measures`` needs only the zoo; ``plots`` draws PNGs with matplotlib (imported when a plot is drawn);
-``__main__`` is the command, ``python -m convit.locality``.
+``adapters`` reads each model family's attention, ``measures`` computes maps and distances from it,
+``report`` gathers them per block, ``ablation`` zeroes heads; all need only the zoo. ``plots`` draws PNGs with
+matplotlib (imported when a plot is drawn); ``__main__`` is the command, ``python -m convit.locality``.
 """
 
+from .ablation import head_ablation
+from .adapters import patch_grid
+from .curves import plot_log, plot_training_curves
+from .errors import LocalityError
 from .measures import (
     Capture,
     attention_maps,
     attention_rollout,
     capture,
-    epoch_locality,
     gates,
-    head_ablation,
-    locality_report,
     nonlocality,
     nonlocality_parts,
     patch_distances,
-    patch_grid,
     positional_centres,
     positional_sharpness,
 )
@@ -27,15 +28,15 @@ from .plots import (
     plot_centres,
     plot_compare,
     plot_gates,
-    plot_log,
     plot_nonlocality,
     plot_nonlocality_parts,
     plot_overlays,
-    plot_training_curves,
 )
+from .report import epoch_locality, locality_report
 
 __all__ = [
     "Capture",
+    "LocalityError",
     "attention_maps",
     "attention_rollout",
     "capture",

@@ -7,10 +7,8 @@ python -m convit.locality --log out/train/log.jsonl --out out/locality
 """
 
 import argparse
-import csv
 import json
 import os
-import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -19,220 +17,35 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import DigitsDataset, digits_split
-from ..errors import error_line, run_entry_point
-from ..variants import VARIANTS, create_model
-from ..weights import extract_state_dict, load_weights, model_from_checkpoint, read_checkpoint
-from .measures import LocalityError, _resolve, attention_rollout, capture, head_ablation, patch_grid
-from .measures import _report as build_report
+from ..errors import run_entry_point
+from .ablation import head_ablation
+from .adapters import patch_grid
+from .curves import plot_log, plot_training_curves
+from .errors import LocalityError
+from .inputs import digits_batch, folder_batch, load_model, parse_images, parse_query
+from .measures import attention_rollout, capture
+from .outputs import SENTENCES, Written, model_labels, write_csv, write_markdown
 from .plots import (
     plot_ablation,
     plot_attention_maps,
     plot_centres,
     plot_compare,
     plot_gates,
-    plot_log,
     plot_nonlocality,
     plot_nonlocality_parts,
     plot_overlays,
-    plot_training_curves,
 )
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-def _timm_model(name: str, pretrained: bool = False, checkpoint: str | None = None) -> nn.Module:
-    """Any timm model by name (pretrained=False unless asked), with a checkpoint's weights if given."""
-    import timm
-
-    if not timm.is_model(name):
-        raise LocalityError(
-            f"unknown model '{name}': neither a convit variant ({', '.join(VARIANTS)}) nor a timm model"
-        )
-    kwargs, state_dict = {}, None
-    if checkpoint is not None:
-        state_dict = extract_state_dict(read_checkpoint(checkpoint))
-        if "head.weight" in state_dict:
-            kwargs["num_classes"] = state_dict["head.weight"].shape[0]
-    try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except Exception as error:  # a download or construction failure of someone else's model: one line
-        line = error_line(error)
-        raise LocalityError(f"cannot create timm model {name}: {line}") from None
-    if state_dict is not None:
-        load_weights(model, state_dict, f"checkpoint '{checkpoint}'")
-    return model
+from .report import build_report
 
 
-def load_model(name: str | None = None, checkpoint: str | None = None, pretrained: bool = False) -> nn.Module:
-    """A ConViT or any timm vision transformer by name, with weights from ``checkpoint`` if given.
-
-    ConViT checkpoints are read by ``convit.weights.model_from_checkpoint``: ours (which name the model,
-    so ``name`` may be None), timm's state dicts and safetensors, and the original authors' files.
-    Other timm names (``deit_tiny_patch16_224``, ``vit_small_patch16_224`` ...) are built by timm.
-    A model whose attention the measures cannot read is a LocalityError naming its class.
-    """
-    if checkpoint is not None and (not name or name in VARIANTS):
-        model, ckpt = model_from_checkpoint(checkpoint, name)
-        model.class_names = ckpt.get("class_names")  # ours store them; timm's and the authors' files do not
-    elif not name:
-        raise LocalityError("no model name: pass --model (or a --checkpoint written by train.py)")
-    elif name in VARIANTS:
-        model = create_model(name, num_classes=1000, pretrained=pretrained)
-    else:
-        model = _timm_model(name, pretrained, checkpoint)
-    _resolve(model)
-    return model
-
-
-def _input_size(model: nn.Module) -> tuple[int, int]:
-    # The patch embedding's size is the one the model was built (and trained) at; pretrained_cfg can be
-    # stale when img_size was overridden at creation.
-    size = getattr(_resolve(model).model.patch_embed, "img_size", None)
-    if size is None:
-        size = model.pretrained_cfg["input_size"][-2:]
-    return int(size[0]), int(size[1])
-
-
-def _in_chans(model: nn.Module) -> int:
-    core = _resolve(model).model
-    return int(getattr(core, "in_chans", None) or core.patch_embed.proj.in_channels)
-
-
-def _digits_batch(model: nn.Module, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``num_images`` digits of the fixed validation split, as train.py feeds them, and labels."""
-    _, (images, labels) = digits_split()
-    if not 0 < num_images <= len(labels):
-        raise LocalityError(f"--num-images must be between 1 and {len(labels)} for the digits validation split")
-    size = _input_size(model)
-    if size[0] != size[1]:
-        raise LocalityError(f"the digits are square; this model takes {size} images")
-    dataset = DigitsDataset(images[:num_images], labels[:num_images], size[0], _in_chans(model), train=False)
-    return dataset.images, torch.tensor(dataset.targets)
-
-
-def _folder_batch(model: nn.Module, path: str, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``num_images`` evenly spaced images of an ImageFolder, with timm's eval transform for the model."""
-    from timm.data import create_transform, resolve_data_config
-
-    from ..data import UniqueImageFolder
-
-    if not os.path.isdir(path):
-        raise LocalityError(f"data folder {path} does not exist")
-    config = resolve_data_config({"input_size": (_in_chans(model), *_input_size(model))}, model=model)
-    try:
-        dataset = UniqueImageFolder(path, transform=create_transform(**config))
-    except (FileNotFoundError, OSError) as error:
-        raise LocalityError(f"{path} is not an image folder (class sub-folders of images): {error}") from None
-    if {"train", "val"} <= set(dataset.classes):
-        raise LocalityError(
-            f"'{path}' holds train/ and val/ folders, not class folders: pass {os.path.join(path, 'val')}"
-        )
-    count = min(num_images, len(dataset))
-    indices = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
-    samples = []
-    for i in indices:
-        try:
-            samples.append(dataset[i])
-        except OSError as error:  # PIL's UnidentifiedImageError, truncated files
-            raise LocalityError(f"cannot read image {dataset.samples[i][0]}: {error}") from None
-    return torch.stack([image for image, _ in samples]), torch.tensor([label for _, label in samples])
-
-
-def _parse_query(text: str | None, grid_size: tuple[int, int]) -> tuple[int, int]:
-    if text is None:
-        return grid_size[0] // 2, grid_size[1] // 2
-    try:
-        row, col = (int(part) for part in text.split(","))
-    except ValueError:
-        raise LocalityError(f"--query must be ROW,COL (two integers), got {text!r}") from None
-    if not (0 <= row < grid_size[0] and 0 <= col < grid_size[1]):
-        raise LocalityError(f"--query {row},{col} is outside the {grid_size[0]}x{grid_size[1]} patch grid")
-    return row, col
-
-
-def _parse_images(text: str, count: int) -> list[int]:
-    """``--images``: N (the first N images) or comma-separated indices (``3,`` for image 3 alone)."""
-    try:
-        if "," in text:
-            indices = [int(part) for part in text.split(",") if part.strip()]
-        else:
-            indices = list(range(int(text)))
-    except ValueError:
-        raise LocalityError(f"--images must be a count N or indices I,J,... got {text!r}") from None
-    bad = [i for i in indices if not 0 <= i < count]
-    if bad:
-        raise LocalityError(f"--images index {bad[0]} is outside the {count} images analysed (see --num-images)")
-    return indices
-
-
-# ---------------------------------------------------------------------------------------------- outputs
-
-COLUMNS = [
-    "block",
-    "type",
-    "head",
-    "nonlocality",
-    "gate",
-    "nonlocality_content",
-    "nonlocality_positional",
-    "centre_dx",
-    "centre_dy",
-    "sharpness",
-]
-
-
-def _number(value) -> str:
-    return "" if value is None else f"{value:.6f}"
-
-
-def _rows(report: dict) -> list[list[str]]:
-    drop = report.get("ablation", {}).get("drop")
-    rows = []
-    for block in report["blocks"]:
-        for h, distance in enumerate(block["nonlocality"]):
-
-            def head(key: str, block: dict = block, h: int = h):
-                return None if block[key] is None else block[key][h]
-
-            centre = head("centre") or [None, None]
-            row = [block["block"], block["type"], h, _number(distance), _number(head("gate"))]
-            row += [_number(head("nonlocality_content")), _number(head("nonlocality_positional"))]
-            row += [_number(centre[0]), _number(centre[1]), _number(head("sharpness"))]
-            rows.append(row + ([_number(drop[block["block"]][h])] if drop is not None else []))
-    return rows
-
-
-def _write_csv(reports: Sequence[dict], path: str, with_model: bool) -> None:
-    ablated = any("ablation" in report for report in reports)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow((["model"] if with_model else []) + COLUMNS + (["ablation_drop"] if ablated else []))
-        for report in reports:
-            for row in _rows(report):
-                row = row + ([""] if ablated and "ablation" not in report else [])
-                writer.writerow(([report["label"]] if with_model else []) + row)
-
-
-class _Written:
-    """The files a run writes, each with one sentence on how to read it (for report.md)."""
-
-    def __init__(self, root: str):
-        self.root, self.items = root, []
-
-    def add(self, path: str, section: str, sentence: str) -> str:
-        self.items.append((os.path.relpath(path, self.root), section, sentence))
-        return path
-
-
-def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, written: _Written) -> dict:
+def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, written: Written) -> dict:
     """Measure one model, write its tables and figures in ``out``; returns its report."""
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     if args.data_path:
-        images, labels = _folder_batch(model, args.data_path, args.num_images)
+        images, labels = folder_batch(model, args.data_path, args.num_images)
     else:
-        images, labels = _digits_batch(model, args.num_images)
+        images, labels = digits_batch(model, args.num_images)
     stored = getattr(model, "class_names", None)
     if args.ablate and stored is not None:
         from torchvision.datasets.folder import find_classes
@@ -246,8 +59,8 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
             )
     # checked before the long part; the grid is the one the model's patch embedding will make
     grid_size = patch_grid(model, images.shape)
-    queries = [_parse_query(text, grid_size) for text in (args.query or [None])]
-    chosen = _parse_images(args.images, images.shape[0])
+    queries = [parse_query(text, grid_size) for text in (args.query or [None])]
+    chosen = parse_images(args.images, images.shape[0])
     os.makedirs(out, exist_ok=True)  # every input checked: from here on the run writes
     captured = capture(model, images, args.batch_size, progress=True)
     report = build_report(model, captured, images.shape[0])
@@ -278,26 +91,26 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
         section,
         "Every measure per block and head (non-locality, gates, GPSA parts, centres, sharpness), as nested lists.",
     )
-    _write_csv([report], os.path.join(out, "locality.csv"), with_model=False)
+    write_csv([report], os.path.join(out, "locality.csv"), with_model=False)
     written.add(
         os.path.join(out, "locality.csv"),
         section,
         "One row per block and head; the GPSA-only columns are empty for self-attention blocks, centres are empty "
         "where a head has no positional peak.",
     )
-    plot_nonlocality(report, written.add(os.path.join(out, "nonlocality.png"), section, _SENTENCES["nonlocality"]))
+    plot_nonlocality(report, written.add(os.path.join(out, "nonlocality.png"), section, SENTENCES["nonlocality"]))
     has_gpsa = bool(report["gates"])
     if has_gpsa:
-        plot_gates(report, written.add(os.path.join(out, "gates.png"), section, _SENTENCES["gates"]))
+        plot_gates(report, written.add(os.path.join(out, "gates.png"), section, SENTENCES["gates"]))
         plot_nonlocality_parts(
-            report, written.add(os.path.join(out, "nonlocality_parts.png"), section, _SENTENCES["parts"])
+            report, written.add(os.path.join(out, "nonlocality_parts.png"), section, SENTENCES["parts"])
         )
-        plot_centres(report, written.add(os.path.join(out, "centres.png"), section, _SENTENCES["centres"]))
+        plot_centres(report, written.add(os.path.join(out, "centres.png"), section, SENTENCES["centres"]))
     plot_attention_maps(
         captured.maps,
         captured.grid_size,
         queries,
-        written.add(os.path.join(out, "attention_maps.png"), section, _SENTENCES["maps"]),
+        written.add(os.path.join(out, "attention_maps.png"), section, SENTENCES["maps"]),
         [block["gate"] for block in report["blocks"]],
     )
     if chosen:
@@ -314,40 +127,8 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
                 path,
                 f"{label}, image {index} (label {labels[index].item()}): attention of the boxed query patch",
             )
-            written.add(path, section, _SENTENCES["overlay"].format(index=index))
+            written.add(path, section, SENTENCES["overlay"].format(index=index))
     return report
-
-
-_SENTENCES = {
-    "nonlocality": "Non-locality per block, one dot per head, in patches: low = the head looks near its query "
-    "patch, high = far (a uniform head sits at the grid's mean pairwise distance); GPSA blocks shaded.",
-    "gates": "Gate sigmoid(lambda) per GPSA block and head: 1 = the head follows its positional (convolution-like) "
-    "attention, 0 = its content attention.",
-    "parts": "Per GPSA head, the non-locality of its content part, its positional part and of the gated mix it "
-    "applies: the mix sits between the two, nearer the part its gate favours.",
-    "centres": "Where each GPSA head's positional attention peaks, as the (dx, dy) offset from the query patch "
-    "(-(w0, w1)/(2 w2)); the marker area is the sharpness -w2, large = a narrow, convolution-like kernel.",
-    "maps": "Every head's image-averaged attention for the query patch (red cross), rows = blocks, columns = "
-    "heads, with the gate of GPSA heads above each map.",
-    "overlay": "Image {index} with each head's attention of the boxed query patch on top (rows = blocks), and in "
-    "the last column the attention rollout through all blocks up to that row: where the token's "
-    "representation draws from, residuals included.",
-}
-
-
-def _labels(names: Sequence[str | None], checkpoints: Sequence[str | None], models: Sequence[nn.Module]) -> list[str]:
-    labels = [
-        name or getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-        for name, model in zip(names, models, strict=True)
-    ]
-    if len(set(labels)) < len(labels):  # the same architecture twice: name them after their checkpoints' folders
-        labels = [
-            os.path.basename(os.path.dirname(os.path.abspath(c))) if c else label
-            for label, c in zip(labels, checkpoints, strict=True)
-        ]
-    if len(set(labels)) < len(labels):
-        labels = [f"{i}_{label}" for i, label in enumerate(labels)]
-    return labels
 
 
 def _pairs(args: argparse.Namespace) -> list[tuple[str | None, str | None]]:
@@ -362,36 +143,6 @@ def _pairs(args: argparse.Namespace) -> list[tuple[str | None, str | None]]:
             "or one per checkpoint in the same order"
         )
     return list(zip(names, checkpoints, strict=True))
-
-
-def _write_markdown(path: str, argv: Sequence[str], reports: Sequence[dict], notes: Sequence[str], written: _Written):
-    lines = ["# Locality report", "", f"`python -m convit.locality {shlex.join(argv)}`", ""]
-    for report in reports:
-        rows, cols = report["grid_size"]
-        lines.append(
-            f"- **{report['label']}**: {report['architecture']} (from {report['family']}), {len(report['blocks'])} blocks, "
-            f"{report['num_heads']} heads, {report['local_up_to_layer']} GPSA blocks, {rows}x{cols} patch grid, "
-            f"{report['num_images']} images of {report['data']}"
-            + (f", weights {report['checkpoint']}" if report["checkpoint"] else "")
-            + (f", top-1 {100 * report['ablation']['top1']:.1f}%" if "ablation" in report else "")
-        )
-    lines += [""] + [f"> Note: {note}" for note in notes] + ([""] if notes else [])
-    lines += [
-        "Non-locality is the attention-weighted distance in patches from each query patch to the patches it "
-        "attends, averaged over queries and images; class and register tokens are left out.",
-        "",
-    ]
-    section = None
-    for rel, item_section, sentence in written.items:
-        if item_section != section:
-            section = item_section
-            lines += [f"## {section}", ""]
-        if rel.endswith(".png"):
-            lines += [f"![{rel}]({rel})", "", f"`{rel}`: {sentence}", ""]
-        else:
-            lines += [f"- [`{rel}`]({rel}): {sentence}", ""]
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -421,10 +172,10 @@ def run(args: argparse.Namespace) -> dict:
         return _plot_logs(args.log, args.label, args.out)
     pairs = _pairs(args)
     models = [load_model(name, checkpoint, args.pretrained) for name, checkpoint in pairs]
-    labels = args.label or _labels([n for n, _ in pairs], [c for _, c in pairs], models)
+    labels = args.label or model_labels([n for n, _ in pairs], [c for _, c in pairs], models)
     if len(labels) != len(models):
         raise LocalityError(f"{len(labels)} --label for {len(models)} models")
-    written = _Written(args.out)
+    written = Written(args.out)
     single = len(models) == 1
     reports = []
     for (_, checkpoint), model, label in zip(pairs, models, labels, strict=True):
@@ -449,7 +200,7 @@ def run(args: argparse.Namespace) -> dict:
         result = {"models": reports, "notes": notes}
         with open(os.path.join(args.out, "locality.json"), "w") as handle:
             json.dump(result, handle, indent=1)
-        _write_csv(reports, os.path.join(args.out, "locality.csv"), with_model=True)
+        write_csv(reports, os.path.join(args.out, "locality.csv"), with_model=True)
         comparison = [
             (
                 os.path.join(args.out, "locality.csv"),
@@ -464,7 +215,7 @@ def run(args: argparse.Namespace) -> dict:
         ]
         plot_compare(reports, labels, comparison[2][0], "; ".join(note.split(":")[0] for note in notes) or None)
         written.items[:0] = [(os.path.relpath(p, args.out), "side by side", s) for p, s in comparison]
-    _write_markdown(os.path.join(args.out, "report.md"), args._argv, reports, notes, written)
+    write_markdown(os.path.join(args.out, "report.md"), args._argv, reports, notes, written)
     return result
 
 

@@ -34,10 +34,13 @@ from convit.locality.plots import pyplot
 from convit.training.config import Config, validate
 from experiments.data_efficiency.run import DEFAULT_CONFIG
 from experiments.harness import (
+    add_grid_flags,
     add_recipe_flags,
     base_config,
+    block_table,
     describe,
     digits_data,
+    grid_values,
     mean_std,
     num,
     paired_difference,
@@ -148,16 +151,12 @@ def summary_markdown(summary: list[dict], setting: str, gates: dict) -> str:
         "",
     ]
     if gates:
-        blocks = sorted({b for cells in gates.values() for b in cells})
-        lines += [
-            "Gate σ(λ) per GPSA block after training (mean over heads and seeds; 1 = positional, 0 = content; "
-            "0.73 at init):",
-            "",
-            "| fraction | setting | " + " | ".join(f"block {b}" for b in blocks) + " |",
-            "|---|---|" + "---|" * len(blocks),
+        caption = "Gate σ(λ) per GPSA block after training (mean over heads and seeds; 1 = positional, 0 = content; 0.73 at init):"
+        rows = [
+            ([f"{fraction:g}", name], {b: num(g, "{:.2f}") for b, g in cells.items()})
+            for (name, fraction), cells in gates.items()
         ]
-        for (name, fraction), cells in gates.items():
-            lines.append(f"| {fraction:g} | {name} | " + " | ".join(num(cells.get(b), "{:.2f}") for b in blocks) + " |")
+        lines += block_table(caption, ["fraction", "setting"], rows)
     return "\n".join(lines) + "\n"
 
 
@@ -205,14 +204,8 @@ def plot(summary: list[dict], out: Path, setting: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fractions", default="1.0,0.1")
-    p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--settings", default=",".join(SETTINGS))
-    p.add_argument("--steps", type=int, default=600, help="optimizer steps per run, for every fraction and setting")
-    p.add_argument("--warmup-steps", type=int, default=60)
-    p.add_argument("--out", default="out/ablations")
-    p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
-    p.add_argument("--overwrite", action="store_true", help="start again over OUT's previous results")
+    add_grid_flags(p, "1.0,0.1", "0,1,2,3,4", steps=600, warmup=60, out="out/ablations")
+    p.add_argument("--settings", default=",".join(SETTINGS), help=f"settings to train; default: {','.join(SETTINGS)}")
     add_recipe_flags(p, DEFAULT_CONFIG)
     return p.parse_args(argv)
 
@@ -221,14 +214,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     base = base_config(args)
-    fractions = [float(x) for x in args.fractions.split(",")]
-    seeds = [int(x) for x in args.seeds.split(",")]
+    fractions, seeds = grid_values(args)
     settings = args.settings.split(",")
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown or "full" not in settings:
         raise UserError(f"--settings must include full and come from {', '.join(SETTINGS)} (got {args.settings})")
-    if not all(0 < f <= 1 for f in fractions):
-        raise UserError(f"--fractions must lie in (0, 1] (got {args.fractions})")
     out = Path(args.out)
     prepare_out(out, args.resume, args.overwrite)
 

@@ -36,10 +36,12 @@ from convit.training.config import Config, validate
 from convit.training.engine import model_kwargs, seed_everything
 from convit.variants import create_model
 from experiments.harness import (
+    add_grid_flags,
     add_recipe_flags,
     base_config,
     describe,
     digits_data,
+    grid_values,
     locality_markdown,
     locality_rows,
     locality_table,
@@ -227,14 +229,8 @@ def plot_locality(locality: list[dict], out: Path) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fractions", default="0.05,0.1,0.3,0.5,1.0")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--models", default="convit,deit")
-    p.add_argument("--steps", type=int, default=800, help="optimizer steps per run, for every fraction")
-    p.add_argument("--warmup-steps", type=int, default=80)
-    p.add_argument("--out", default="out/data_efficiency")
-    p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
-    p.add_argument("--overwrite", action="store_true", help="start again over OUT's previous results")
+    add_grid_flags(p, "0.05,0.1,0.3,0.5,1.0", "0,1,2", steps=800, warmup=80, out="out/data_efficiency")
+    p.add_argument("--models", default="convit,deit", help="convit, deit (its twin) or both; default: convit,deit")
     add_recipe_flags(p, DEFAULT_CONFIG)
     return p.parse_args(argv)
 
@@ -243,11 +239,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     base = base_config(args)
-    fractions = [float(x) for x in args.fractions.split(",")]
-    seeds = [int(x) for x in args.seeds.split(",")]
+    fractions, seeds = grid_values(args)
     models = args.models.split(",")
-    if any(m not in MODELS for m in models) or not all(0 < f <= 1 for f in fractions):
-        raise UserError(f"--models must be from {MODELS} and --fractions in (0, 1]")
+    if any(m not in MODELS for m in models):
+        raise UserError(f"--models must be from {MODELS}, not {args.models}")
     out = Path(args.out)
     prepare_out(out, args.resume, args.overwrite)
 

@@ -10,7 +10,8 @@ from convit import ConViT, UserError
 from convit import locality as L
 from convit.attention import GPSA
 from convit.locality import __main__ as command
-from convit.locality.measures import LocalityError, _ablate_head
+from convit.locality.ablation import ablate_head
+from convit.locality.errors import LocalityError
 from convit.training.checkpoint import build_checkpoint, save_checkpoint
 
 
@@ -179,7 +180,7 @@ def test_head_ablation_zeroes_exactly_one_head():
         twin.blocks[2].attn.proj.weight[:, 2 * d : 3 * d] = 0
         expected = twin(x)
         model.eval()
-        with _ablate_head(model, 2, 2):
+        with ablate_head(model, 2, 2):
             assert torch.allclose(model(x), expected, atol=1e-6)
         # a head that writes nothing cannot change the accuracy when zeroed
         model.blocks[0].attn.proj.weight[:, 3 * d : 4 * d] = 0
@@ -198,7 +199,7 @@ def test_head_ablation_zeroes_exactly_one_head():
         base, shortcut = L.head_ablation(model, x, labels, batch_size=5)
         for b in range(3):
             for h in range(4):
-                with _ablate_head(model, b, h):
+                with ablate_head(model, b, h):
                     accuracy = (model(x).argmax(-1) == labels).float().mean().item()
                 assert shortcut[b, h].item() == pytest.approx(1.0 - accuracy)
     assert base == 1.0 and (shortcut > 0).sum() >= 2

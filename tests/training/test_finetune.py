@@ -9,7 +9,7 @@ from conftest import NO_AUG, TINY_MODEL, fails_in_one_line, make_image_folder, r
 from safetensors.torch import save_file
 
 import train as train_script
-from convit.model import resample_pos_embed
+from convit.pos_embed import resample_pos_embed
 from convit.training.config import parse_args
 from convit.training.engine import build_optimizer, build_scheduler
 from convit.training.finetune import Source, apply_freeze, load_source

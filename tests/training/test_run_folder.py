@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from conftest import child_env
 
-from convit.run_log import RunLogError, read_log
 from convit.training.run_folder import (
     RunFolderError,
     RunLock,
@@ -94,8 +93,6 @@ def test_resume_auto_without_last_pth_keeps_the_previous_run(tmp_path):
         check_output_dir(tmp_path, resuming=True, overwrite=False, resume_auto=True)
 
 
-
-
 def test_summary_csv(tmp_path):
     rows = [
         {"epoch": 0, "lr": 0.1, "train_loss": 2.0, "val_acc1": 50.0, "epoch_time_s": 1.0, "locality": {}},
@@ -105,5 +102,3 @@ def test_summary_csv(tmp_path):
     lines = (tmp_path / "summary.csv").read_text().splitlines()
     assert lines[0] == "epoch,lr,train_loss,val_acc1,epoch_time_s,train_images_per_s"
     assert lines[2].startswith("1,0.05,1.0,70.0")
-
-
