@@ -25,6 +25,7 @@ from ..variants import VARIANTS, create_model
 from ..weights import extract_state_dict, load_weights, model_from_checkpoint, read_checkpoint
 from .measures import LocalityError, _resolve, attention_rollout, capture, head_ablation, patch_grid
 from .measures import _report as build_report
+from .interventions import intervene, markdown_table
 from .plots import (
     plot_ablation,
     plot_attention_maps,
@@ -234,7 +235,7 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
     else:
         images, labels = _digits_batch(model, args.num_images)
     stored = getattr(model, "class_names", None)
-    if args.ablate and stored is not None:
+    if (args.ablate or getattr(args, "intervene", False)) and stored is not None:
         from torchvision.datasets.folder import find_classes
 
         from ..training.checkpoint import class_difference
@@ -243,7 +244,8 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
         data_classes = find_classes(args.data_path)[0] if args.data_path else DIGITS_CLASSES
         if list(stored) != list(data_classes):
             raise LocalityError(
-                f"--ablate needs the labels the model was trained on: {class_difference(stored, data_classes)}"
+                f"{'--ablate' if args.ablate else '--intervene'} needs the labels the model was trained on: "
+                f"{class_difference(stored, data_classes)}"
             )
     # checked before the long part; the grid is the one the model's patch embedding will make
     grid_size = patch_grid(model, images.shape)
@@ -272,6 +274,8 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
             "Top-1 drop in points when each head alone is zeroed (rows: blocks, columns: heads); red heads matter, "
             "blue ones hurt.",
         )
+    if getattr(args, "intervene", False):  # hook: gate interventions (interventions.py)
+        report["interventions"] = intervene(model, label, images, labels, args, out, written)
     with open(os.path.join(out, "locality.json"), "w") as handle:
         json.dump(report, handle, indent=1)
     written.add(
@@ -377,6 +381,9 @@ def _write_markdown(path: str, argv: Sequence[str], reports: Sequence[dict], not
             + (f", top-1 {100 * report['ablation']['top1']:.1f}%" if "ablation" in report else "")
         )
     lines += [""] + [f"> Note: {note}" for note in notes] + ([""] if notes else [])
+    for report in reports:  # hook: the gate interventions' table (interventions.py)
+        if report.get("interventions"):
+            lines += [f"Gate interventions, **{report['label']}**:", "", markdown_table(report["interventions"]), ""]
     lines += [
         "Non-locality is the attention-weighted distance in patches from each query patch to the patches it "
         "attends, averaged over queries and images; class and register tokens are left out.",
@@ -500,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ablate", action="store_true", help="also measure the top-1 drop when each head is zeroed")
     parser.add_argument(
+        "--intervene",
+        action="store_true",
+        help="also measure top-1 and loss with each GPSA block's gates forced to 0 (content) or 1 (positional)",
+    )
+    parser.add_argument(
         "--log",
         action="append",
         help="training log.jsonl: plot the measures and the loss over epochs instead; repeat to overlay runs' curves",
@@ -510,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # the files this command may write in --out
-_OUTPUT_NAMES = {"locality.json", "locality.csv", "report.md", "ablation.png", "training_curves.png"}
+_OUTPUT_NAMES = {"locality.json", "locality.csv", "report.md", "ablation.png", "training_curves.png", "interventions.csv"}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
