@@ -1,0 +1,97 @@
+"""Gate interventions: forced gates against hand computations, the table, the command, and the from_vit experiment."""
+
+import csv
+import subprocess
+import sys
+
+import torch
+from conftest import ROOT
+
+from convit.locality.__main__ import main as locality_main
+from convit.model import ConViT
+from convit.training.checkpoint import FORMAT, save_checkpoint
+from convit.locality.interventions import forced_gates, gate_interventions, markdown_table
+from convit.variants import create_model
+
+
+def tiny_convit(**kwargs):
+    torch.manual_seed(3)
+    kwargs = {**dict(img_size=16, patch_size=4, in_chans=1, embed_dim=16, num_heads=4, depth=3,
+                     local_up_to_layer=2), **kwargs}
+    return create_model("convit_tiny", 10, **kwargs).eval()
+
+
+def test_forcing_the_gate_to_one_is_the_positional_path_by_hand():
+    model = tiny_convit()
+    attn = model.blocks[0].attn
+    x = torch.randn(2, 16, 16)
+    H, d = 4, 4
+    v = attn.v(x).reshape(2, 16, H, d).transpose(1, 2)
+    # positional attention by hand: softmax over keys of w . (dx, dy, dx^2 + dy^2) + b
+    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    r, c = rows.flatten().float(), cols.flatten().float()
+    dx, dy = c[None, :] - c[:, None], r[None, :] - r[:, None]
+    w, b = attn.pos_proj.weight, attn.pos_proj.bias
+    score = w[:, 0, None, None] * dx + w[:, 1, None, None] * dy + w[:, 2, None, None] * (dx**2 + dy**2)
+    positional = (score + b[:, None, None]).softmax(dim=-1)
+    expected_pos = attn.proj((positional @ v).transpose(1, 2).reshape(2, 16, 16))
+    q, k = attn.qk(x).reshape(2, 16, 2, H, d).permute(2, 0, 3, 1, 4)
+    content = ((q @ k.transpose(-2, -1)) * d**-0.5).softmax(dim=-1)
+    expected_content = attn.proj((content @ v).transpose(1, 2).reshape(2, 16, 16))
+    before = attn.gating_param.clone()
+    with torch.no_grad():
+        for fused in (True, False):
+            attn.fused_attn = fused
+            with forced_gates(model, [0], 1.0):
+                assert torch.allclose(attn(x, (4, 4)), expected_pos, atol=1e-5)
+            with forced_gates(model, [0], 0.0):
+                assert torch.allclose(attn(x, (4, 4)), expected_content, atol=1e-5)
+    assert torch.equal(attn.gating_param, before)
+
+
+def test_interventions_on_gates_set_by_hand():
+    model = tiny_convit()
+    images, labels = torch.randn(24, 1, 16, 16), torch.randint(0, 10, (24,))
+    with torch.no_grad():
+        model.blocks[0].attn.gating_param.fill_(-1e4)  # block 0 already content only
+        model.blocks[1].attn.gating_param.fill_(1e4)  # block 1 already positional only
+    rows = {r["intervention"]: r for r in gate_interventions(model, images, labels, batch_size=10)}
+    base = rows["unchanged"]
+    for same in ("block 0 content only", "block 1 positional only"):
+        assert rows[same]["top1"] == base["top1"] and abs(rows[same]["loss"] - base["loss"]) < 1e-4
+    with torch.no_grad():
+        model.blocks[1].attn.gating_param.fill_(-1e4)  # by hand: what forcing block 1 to content computes
+    by_hand = gate_interventions(model, images, labels, batch_size=10)[0]
+    assert rows["block 1 content only"]["loss"] == by_hand["loss"] != base["loss"]
+    assert rows["all GPSA content only"]["blocks"] == "0 1"
+    assert len(rows) == 1 + 2 * 3
+    assert "| block 0 positional only |" in markdown_table(list(rows.values()))
+
+
+def test_command_writes_csv_table_and_plot(tmp_path):
+    kwargs = dict(img_size=16, patch_size=4, embed_dim=16, num_heads=4, depth=3, local_up_to_layer=2)
+    torch.manual_seed(3)
+    model = ConViT(num_classes=10, **kwargs)
+    path = tmp_path / "w.pth"
+    save_checkpoint({"format": FORMAT, "model_name": "convit_tiny", "model_kwargs": kwargs, "num_classes": 10,
+                     "config": {}, "model": model.state_dict(), "epoch": 1}, path)
+    out = tmp_path / "loc"
+    locality_main(["--checkpoint", str(path), "--num-images", "12", "--images", "0", "--intervene", "--out", str(out)])
+    with open(out / "interventions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["intervention"] == "unchanged" and len(rows) == 7
+    assert "Gate interventions" in (out / "report.md").read_text()
+    assert (out / "interventions.png").stat().st_size > 0
+
+
+def test_from_vit_experiment_smallest_form_and_resume(tmp_path):
+    command = [sys.executable, str(ROOT / "experiments" / "from_vit" / "run.py"), "--fractions", "0.1", "--seeds",
+               "0", "--pretrain-steps", "3", "--steps", "2", "--embed-dim", "16", "--depth", "3",
+               "--local-up-to-layer", "2", "--out", str(tmp_path / "fv"), "--cache", str(tmp_path / "twins")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ETA" in done.stdout and "converted − DeiT" in (tmp_path / "fv" / "summary.md").read_text()
+    with open(tmp_path / "fv" / "results.csv") as f:
+        assert sorted(r["start"] for r in csv.DictReader(f)) == ["converted", "deit", "scratch"]
+    again = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "resuming: 1 of 1" in again.stdout
