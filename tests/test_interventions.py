@@ -51,7 +51,7 @@ def test_forcing_the_gate_to_one_is_the_positional_path_by_hand():
 
 def test_interventions_on_gates_set_by_hand():
     model = tiny_convit()
-    images, labels = torch.randn(24, 1, 16, 16), torch.randint(0, 10, (24,))
+    images, labels = torch.randn(12, 1, 16, 16), torch.randint(0, 10, (12,))
     with torch.no_grad():
         model.blocks[0].attn.gating_param.fill_(-1e4)  # block 0 already content only
         model.blocks[1].attn.gating_param.fill_(1e4)  # block 1 already positional only
@@ -68,20 +68,30 @@ def test_interventions_on_gates_set_by_hand():
     assert "| block 0 positional only |" in markdown_table(list(rows.values()))
 
 
-def test_command_writes_csv_table_and_plot(tmp_path):
-    kwargs = dict(img_size=16, patch_size=4, embed_dim=16, num_heads=4, depth=3, local_up_to_layer=2)
-    torch.manual_seed(3)
-    model = ConViT(num_classes=10, **kwargs)
-    path = tmp_path / "w.pth"
-    save_checkpoint({"format": FORMAT, "model_name": "convit_tiny", "model_kwargs": kwargs, "num_classes": 10,
-                     "config": {}, "model": model.state_dict(), "epoch": 1}, path)
+def test_command_writes_csv_table_and_plot_with_distances(tmp_path):
+    kwargs = dict(img_size=16, patch_size=4, embed_dim=16, num_heads=4, depth=3)
+    argv = []
+    for gpsa in (2, 0):
+        torch.manual_seed(3)
+        model = ConViT(num_classes=10, local_up_to_layer=gpsa, **kwargs)
+        path = tmp_path / f"w{gpsa}.pth"
+        save_checkpoint({"format": FORMAT, "model_name": "convit_tiny", "model_kwargs": {**kwargs, "local_up_to_layer": gpsa},
+                         "num_classes": 10, "config": {}, "model": model.state_dict(), "epoch": 1}, path)
+        argv += ["--checkpoint", str(path), "--label", f"gpsa{gpsa}"]
     out = tmp_path / "loc"
-    locality_main(["--checkpoint", str(path), "--num-images", "12", "--images", "0", "--intervene", "--out", str(out)])
-    with open(out / "interventions.csv") as f:
+    locality_main(argv + ["--num-images", "8", "--images", "0", "--intervene", "--authors-measure", "--out", str(out)])
+    with open(out / "gpsa2" / "interventions.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["intervention"] == "unchanged" and len(rows) == 7
-    assert "Gate interventions" in (out / "report.md").read_text()
-    assert (out / "interventions.png").stat().st_size > 0
+    assert not (out / "gpsa0" / "interventions.csv").exists()  # no GPSA: nothing to force
+    report = (out / "report.md").read_text()
+    assert "Gate interventions, **gpsa2**" in report and "authors' measure (px)" in report
+    with open(out / "distances.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["model"] for r in rows} == {"gpsa2", "gpsa0"} and len(rows) == 2 * 3 * 4
+    for r in rows:  # square patches of 4 pixels: pixels = 4 x patches
+        assert abs(float(r["distance_px"]) - 4 * float(r["nonlocality_patches"])) < 1e-3
+    assert (out / "gpsa2" / "interventions.png").stat().st_size > 0 and (out / "attention_distance.png").is_file()
 
 
 def test_from_vit_experiment_smallest_form_and_resume(tmp_path):

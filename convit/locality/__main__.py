@@ -25,6 +25,8 @@ from ..variants import VARIANTS, create_model
 from ..weights import extract_state_dict, load_weights, model_from_checkpoint, read_checkpoint
 from .measures import LocalityError, _resolve, attention_rollout, capture, head_ablation, patch_grid
 from .measures import _report as build_report
+from . import distances
+from .distances import distance_report
 from .interventions import intervene, markdown_table
 from .plots import (
     plot_ablation,
@@ -274,6 +276,8 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
             "Top-1 drop in points when each head alone is zeroed (rows: blocks, columns: heads); red heads matter, "
             "blue ones hurt.",
         )
+    if getattr(args, "pixels", False) or getattr(args, "authors_measure", False):  # hook: distances.py
+        report["distances"] = distance_report(model, images, args.batch_size, args.authors_measure, captured.maps)
     if getattr(args, "intervene", False):  # hook: gate interventions (interventions.py)
         report["interventions"] = intervene(model, label, images, labels, args, out, written)
     with open(os.path.join(out, "locality.json"), "w") as handle:
@@ -381,7 +385,9 @@ def _write_markdown(path: str, argv: Sequence[str], reports: Sequence[dict], not
             + (f", top-1 {100 * report['ablation']['top1']:.1f}%" if "ablation" in report else "")
         )
     lines += [""] + [f"> Note: {note}" for note in notes] + ([""] if notes else [])
-    for report in reports:  # hook: the gate interventions' table (interventions.py)
+    for report in reports:  # hook: the attention distances' and the gate interventions' tables
+        if report.get("distances"):
+            lines += [distances.markdown_table(report["distances"], report["label"]), ""]
         if report.get("interventions"):
             lines += [f"Gate interventions, **{report['label']}**:", "", markdown_table(report["interventions"]), ""]
     lines += [
@@ -472,6 +478,8 @@ def run(args: argparse.Namespace) -> dict:
         ]
         plot_compare(reports, labels, comparison[2][0], "; ".join(note.split(":")[0] for note in notes) or None)
         written.items[:0] = [(os.path.relpath(p, args.out), "side by side", s) for p, s in comparison]
+    if any("distances" in report for report in reports):  # hook: distances.py, every model on one figure
+        distances.write_outputs(reports, args.out, args._argv, args.authors_measure, written)
     _write_markdown(os.path.join(args.out, "report.md"), args._argv, reports, notes, written)
     return result
 
@@ -507,6 +515,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ablate", action="store_true", help="also measure the top-1 drop when each head is zeroed")
     parser.add_argument(
+        "--pixels",
+        action="store_true",
+        help="also report the mean attention distance in pixels (distances.csv, the ViT paper's per-head scatter)",
+    )
+    parser.add_argument(
+        "--authors-measure",
+        action="store_true",
+        help="also report the original authors' locality measure (patch embeddings fed to every block); "
+        "implies --pixels",
+    )
+    parser.add_argument(
         "--intervene",
         action="store_true",
         help="also measure top-1 and loss with each GPSA block's gates forced to 0 (content) or 1 (positional)",
@@ -522,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # the files this command may write in --out
-_OUTPUT_NAMES = {"locality.json", "locality.csv", "report.md", "ablation.png", "training_curves.png", "interventions.csv"}
+_OUTPUT_NAMES = {"locality.json", "locality.csv", "report.md", "ablation.png", "training_curves.png", "interventions.csv",
+                 "distances.csv"}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -168,10 +168,14 @@ def footer(command: str) -> str:
 
 def intervene(model: nn.Module, label: str, images, labels, args, out: str, written) -> list[dict]:
     """``python -m convit.locality --intervene``: the interventions on the command's images, written as
-    OUT/interventions.csv and OUT/interventions.png (listed in report.md through ``written``); returns the rows."""
+    OUT/interventions.csv and OUT/interventions.png (listed in report.md through ``written``); returns the rows
+    (none for a model without GPSA)."""
     import os
     import shlex
 
+    if not gpsa_blocks(model):
+        print(f"note: {label} has no GPSA block: no gate to force", file=sys.stderr)
+        return []
     rows = gate_interventions(model, images, labels, args.batch_size, progress=True)
     path = os.path.join(out, "interventions.csv")
     write_csv(rows, path)
