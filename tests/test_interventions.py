@@ -1,9 +1,6 @@
 """Gate interventions: forced gates against hand computations, the table, the command, and the from_vit experiment."""
 
 import csv
-import subprocess
-import sys
-
 import torch
 from conftest import ROOT
 
@@ -94,14 +91,18 @@ def test_command_writes_csv_table_and_plot_with_distances(tmp_path):
     assert (out / "gpsa2" / "interventions.png").stat().st_size > 0 and (out / "attention_distance.png").is_file()
 
 
-def test_from_vit_experiment_smallest_form_and_resume(tmp_path):
-    command = [sys.executable, str(ROOT / "experiments" / "from_vit" / "run.py"), "--fractions", "0.1", "--seeds",
-               "0", "--pretrain-steps", "3", "--steps", "2", "--embed-dim", "16", "--depth", "3",
-               "--local-up-to-layer", "2", "--out", str(tmp_path / "fv"), "--cache", str(tmp_path / "twins")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "ETA" in done.stdout and "converted − DeiT" in (tmp_path / "fv" / "summary.md").read_text()
+def test_from_vit_experiment_smallest_form_and_resume(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("from_vit_run", ROOT / "experiments" / "from_vit" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    argv = ["--fractions", "0.1", "--seeds", "0", "--pretrain-steps", "3", "--steps", "2", "--embed-dim", "16",
+            "--depth", "3", "--local-up-to-layer", "2", "--out", str(tmp_path / "fv"), "--cache", str(tmp_path / "tw")]
+    run.main(argv)
+    assert "ETA" in capsys.readouterr().out and "converted − DeiT" in (tmp_path / "fv" / "summary.md").read_text()
     with open(tmp_path / "fv" / "results.csv") as f:
         assert sorted(r["start"] for r in csv.DictReader(f)) == ["converted", "deit", "scratch"]
-    again = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "resuming: 1 of 1" in again.stdout
+    assert (tmp_path / "fv" / "from_vit.png").is_file()
+    run.main(argv + ["--resume"])
+    assert "resuming: 1 of 1" in capsys.readouterr().out

@@ -245,7 +245,8 @@ def plot(results, interventions, out: Path, setting: str, command: str) -> None:
     ax.set_xticks([j * 4 + i for j in range(len(fractions)) for i in range(3)])
     ax.set_xticklabels([f"{s}\n{f:g}" for f in fractions for s in ("conv.", "DeiT", "scratch")], fontsize=7)
     ax.set_ylabel("validation top-1 (%)")
-    ax.set_title("top-1 after the extra budget (grey: one seed's paired runs)\nx: start and data fraction", fontsize=8)
+    ax.set_title("top-1 after the extra budget (grey: one seed's paired runs)\nx: start (green: converted, orange: "
+                 "DeiT continued, blue: ConViT scratch) and data fraction", fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     means = intervention_means(interventions)
     labels, content, positional = [], [], []
@@ -265,7 +266,7 @@ def plot(results, interventions, out: Path, setting: str, command: str) -> None:
     bx.set_xticklabels(labels, fontsize=7)
     bx.set_ylabel("top-1 change (points), mean ± std over seeds")
     bx.set_title("gate interventions on the final ConViTs (all GPSA blocks at once)", fontsize=8)
-    bx.legend(fontsize=7)
+    bx.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     bx.grid(alpha=0.3, axis="y")
     fig.suptitle(setting, fontsize=7)
     fig.text(0.01, 0.005, footer(command), fontsize=6, color="0.4")
