@@ -14,5 +14,15 @@ from .variants import VARIANTS, checkpoint_filter_fn, create_model, register_mod
 
 register_models(sys.modules[__name__])
 
-__all__ = ["ConViT", "GPSA", "MHSA", "UserError", "VARIANTS", "checkpoint_filter_fn", "create_model", "from_vit", *VARIANTS]
+__all__ = [
+    "ConViT",
+    "GPSA",
+    "MHSA",
+    "UserError",
+    "VARIANTS",
+    "checkpoint_filter_fn",
+    "create_model",
+    "from_vit",
+    *VARIANTS,
+]
 __version__ = "0.1.0"

@@ -185,7 +185,9 @@ def _check_module(vit: nn.Module, local_up_to_layer: int) -> dict:
         dynamic = vit.dynamic_img_size or not vit.patch_embed.strict_img_size
         for block in blocks:
             if type(block.attn) is not Attention or type(block.mlp) is not Mlp:
-                raise ConversionError(f"the ViT's {type(block.attn).__name__}/{type(block.mlp).__name__} blocks do not map")
+                raise ConversionError(
+                    f"the ViT's {type(block.attn).__name__}/{type(block.mlp).__name__} blocks do not map"
+                )
             if not isinstance(block.mlp.act, nn.GELU) or block.mlp.act.approximate != "none":
                 raise ConversionError(f"the ViT's MLP uses {block.mlp.act}, ConViT's exact GELU")
             if not isinstance(block.norm1, nn.LayerNorm) or block.norm1.eps != 1e-6:

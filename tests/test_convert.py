@@ -1,9 +1,13 @@
 """convit.from_vit: weight by weight, the split qkv, outputs beside the ViT's, bad input, --finetune with ViT weights."""
 
+import re
+import shlex
+
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import ROOT
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
@@ -94,8 +98,9 @@ def test_outputs_within_the_stated_distance():
 
 def test_deit_twin_and_registers():
     torch.manual_seed(0)
-    twin = create_model("convit_tiny", 10, img_size=32, patch_size=8, embed_dim=32, num_heads=4, depth=3,
-                        local_up_to_layer=0).eval()
+    twin = create_model(
+        "convit_tiny", 10, img_size=32, patch_size=8, embed_dim=32, num_heads=4, depth=3, local_up_to_layer=0
+    ).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(from_vit(twin, local_up_to_layer=0)(x), twin(x), atol=1e-5)
@@ -114,8 +119,12 @@ def test_deit_twin_and_registers():
         (lambda: tiny_vit(dynamic_img_size=True), "dynamic_img_size"),
         (lambda: tiny_vit(img_size=(32, 16)), "not square"),
         (lambda: torch.nn.Linear(2, 2), "other architectures"),
-        (lambda: create_model("convit_tiny", 10, img_size=32, patch_size=8, embed_dim=32, num_heads=4, depth=2,
-                              local_up_to_layer=1), "already has 1 GPSA"),
+        (
+            lambda: create_model(
+                "convit_tiny", 10, img_size=32, patch_size=8, embed_dim=32, num_heads=4, depth=2, local_up_to_layer=1
+            ),
+            "already has 1 GPSA",
+        ),
         (lambda: tiny_vit(qk_norm=True), "q/k normalisation"),
     ],
 )
@@ -130,8 +139,14 @@ def test_name_with_local_weights_and_a_checkpoint_file(tmp_path):
     deit = timm.create_model("deit_tiny_patch16_224", depth=2, num_classes=3)
     path = tmp_path / "deit.safetensors"
     save_file({k: v.contiguous() for k, v in deit.state_dict().items()}, str(path))
-    by_name = from_vit("deit_tiny_patch16_224", local_up_to_layer=1, pretrained=True, depth=2, num_classes=3,
-                       pretrained_cfg_overlay=dict(file=str(path)))
+    by_name = from_vit(
+        "deit_tiny_patch16_224",
+        local_up_to_layer=1,
+        pretrained=True,
+        depth=2,
+        num_classes=3,
+        pretrained_cfg_overlay=dict(file=str(path)),
+    )
     by_file = from_vit(path, local_up_to_layer=1, name="deit_tiny_patch16_224", depth=2)
     for model in (by_name, by_file):
         assert torch.equal(model.blocks[1].attn.qkv.weight, deit.blocks[1].attn.qkv.weight)
@@ -144,9 +159,57 @@ def test_name_with_local_weights_and_a_checkpoint_file(tmp_path):
 
 def test_finetune_converts_a_vit_state_dict_and_says_so():
     vit = tiny_vit()
-    model = create_model("convit_tiny", 10, img_size=32, patch_size=8, embed_dim=32, num_heads=4, depth=3,
-                         local_up_to_layer=2, qkv_bias=True)
+    model = create_model(
+        "convit_tiny",
+        10,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        num_heads=4,
+        depth=3,
+        local_up_to_layer=2,
+        qkv_bias=True,
+    )
     notes = load_source(model, Source(vit.state_dict(), "'vit.pth' (a state dict)", None), [str(i) for i in range(10)])
     assert any("converted to ConViT" in note for note in notes)
     assert torch.equal(model.blocks[0].attn.qk.weight, vit.blocks[0].attn.qkv.weight[:64])
     assert torch.equal(model.head.weight, vit.head.weight)
+
+
+DOC = (ROOT / "docs" / "convert.md").read_text()
+
+
+def doc_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", DOC, re.S)
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_docs_commands(tmp_path, capsys, monkeypatch):
+    """Every command of docs/convert.md, run literally with only flags that shrink it (and paths under tmp)."""
+    import importlib.util
+
+    import train as train_script
+    from convit.locality.__main__ import main as locality_main
+
+    commands = doc_commands()
+    assert [c.split(" --")[0] for c in commands] == [
+        "python experiments/from_vit/distance.py",
+        "python train.py",
+        "python train.py",
+        "python -m convit.locality",
+        "python experiments/from_vit/run.py",  # its smallest form: tests/test_interventions.py
+    ]
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("distance", ROOT / "experiments" / "from_vit" / "distance.py")
+    distance = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(distance)
+    distance.main(shlex.split(commands[0])[2:] + ["--images", "2", "--layers", "0,1", "--gates", "0.1"])
+    assert "| 0 | 0.1 | 0.0000 |" in capsys.readouterr().out
+    shrink = ["--epochs", "1", "--locality-images", "0", "--progress", "false"]
+    train_script.main(shlex.split(commands[1])[2:] + shrink)
+    train_script.main(shlex.split(commands[2])[2:] + shrink)
+    assert "holds ViT/DeiT weights: converted to ConViT" in capsys.readouterr().out
+    locality_main(shlex.split(commands[3])[3:] + ["--num-images", "8", "--images", "0"])
+    report = (tmp_path / "out" / "locality_from_deit" / "report.md").read_text()
+    assert "Gate interventions" in report and "authors' measure" in report
+    assert commands[4] == "python experiments/from_vit/run.py --out experiments/from_vit/results --resume"

@@ -17,8 +17,9 @@ def test_pixels_are_patches_times_patch_size_and_non_square_patches_by_hand():
 
 def test_real_forward_and_authors_measure_by_hand():
     torch.manual_seed(0)
-    model = create_model("convit_tiny", 10, img_size=16, patch_size=4, embed_dim=16, num_heads=4, depth=3,
-                         local_up_to_layer=2).eval()
+    model = create_model(
+        "convit_tiny", 10, img_size=16, patch_size=4, embed_dim=16, num_heads=4, depth=3, local_up_to_layer=2
+    ).eval()
     images = torch.randn(5, 3, 16, 16)
     report = distance_report(model, images, batch_size=2, authors=True)
     assert torch.allclose(torch.tensor(report["nonlocality_patches"]), nonlocality(model, images), atol=1e-5)
@@ -29,7 +30,9 @@ def test_real_forward_and_authors_measure_by_hand():
             expected = model.blocks[b].attn.attention_probs(x, (4, 4)).mean(0)
             assert torch.allclose(theirs[b], expected, atol=1e-5)
     assert report["authors_px"] != report["distance_px"]
-    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2).eval()
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2
+    ).eval()
     with torch.no_grad():
         x = vit.patch_embed(images)
         q, k, _ = vit.blocks[1].attn.qkv(x).reshape(5, 16, 3, 2, 8).permute(2, 0, 3, 1, 4)

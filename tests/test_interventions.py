@@ -1,20 +1,23 @@
 """Gate interventions: forced gates against hand computations, the table, the command, and the from_vit experiment."""
 
 import csv
+
 import torch
 from conftest import ROOT
 
 from convit.locality.__main__ import main as locality_main
+from convit.locality.interventions import forced_gates, gate_interventions, markdown_table
 from convit.model import ConViT
 from convit.training.checkpoint import FORMAT, save_checkpoint
-from convit.locality.interventions import forced_gates, gate_interventions, markdown_table
 from convit.variants import create_model
 
 
 def tiny_convit(**kwargs):
     torch.manual_seed(3)
-    kwargs = {**dict(img_size=16, patch_size=4, in_chans=1, embed_dim=16, num_heads=4, depth=3,
-                     local_up_to_layer=2), **kwargs}
+    kwargs = {
+        **dict(img_size=16, patch_size=4, in_chans=1, embed_dim=16, num_heads=4, depth=3, local_up_to_layer=2),
+        **kwargs,
+    }
     return create_model("convit_tiny", 10, **kwargs).eval()
 
 
@@ -72,8 +75,18 @@ def test_command_writes_csv_table_and_plot_with_distances(tmp_path):
         torch.manual_seed(3)
         model = ConViT(num_classes=10, local_up_to_layer=gpsa, **kwargs)
         path = tmp_path / f"w{gpsa}.pth"
-        save_checkpoint({"format": FORMAT, "model_name": "convit_tiny", "model_kwargs": {**kwargs, "local_up_to_layer": gpsa},
-                         "num_classes": 10, "config": {}, "model": model.state_dict(), "epoch": 1}, path)
+        save_checkpoint(
+            {
+                "format": FORMAT,
+                "model_name": "convit_tiny",
+                "model_kwargs": {**kwargs, "local_up_to_layer": gpsa},
+                "num_classes": 10,
+                "config": {},
+                "model": model.state_dict(),
+                "epoch": 1,
+            },
+            path,
+        )
         argv += ["--checkpoint", str(path), "--label", f"gpsa{gpsa}"]
     out = tmp_path / "loc"
     locality_main(argv + ["--num-images", "8", "--images", "0", "--intervene", "--authors-measure", "--out", str(out)])
@@ -97,8 +110,26 @@ def test_from_vit_experiment_smallest_form_and_resume(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("from_vit_run", ROOT / "experiments" / "from_vit" / "run.py")
     run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run)
-    argv = ["--fractions", "0.1", "--seeds", "0", "--pretrain-steps", "3", "--steps", "2", "--embed-dim", "16",
-            "--depth", "3", "--local-up-to-layer", "2", "--out", str(tmp_path / "fv"), "--cache", str(tmp_path / "tw")]
+    argv = [
+        "--fractions",
+        "0.1",
+        "--seeds",
+        "0",
+        "--pretrain-steps",
+        "3",
+        "--steps",
+        "2",
+        "--embed-dim",
+        "16",
+        "--depth",
+        "3",
+        "--local-up-to-layer",
+        "2",
+        "--out",
+        str(tmp_path / "fv"),
+        "--cache",
+        str(tmp_path / "tw"),
+    ]
     run.main(argv)
     assert "ETA" in capsys.readouterr().out and "converted − DeiT" in (tmp_path / "fv" / "summary.md").read_text()
     with open(tmp_path / "fv" / "results.csv") as f:

@@ -23,11 +23,11 @@ from ..errors import run_entry_point
 from ..training.data import DigitsDataset, digits_split
 from ..variants import VARIANTS, create_model
 from ..weights import extract_state_dict, load_weights, model_from_checkpoint, read_checkpoint
-from .measures import LocalityError, _resolve, attention_rollout, capture, head_ablation, patch_grid
-from .measures import _report as build_report
 from . import distances
 from .distances import distance_report
 from .interventions import intervene, markdown_table
+from .measures import LocalityError, _resolve, attention_rollout, capture, head_ablation, patch_grid
+from .measures import _report as build_report
 from .plots import (
     plot_ablation,
     plot_attention_maps,
@@ -541,8 +541,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # the files this command may write in --out
-_OUTPUT_NAMES = {"locality.json", "locality.csv", "report.md", "ablation.png", "training_curves.png", "interventions.csv",
-                 "distances.csv"}
+_OUTPUT_NAMES = {
+    "locality.json",
+    "locality.csv",
+    "report.md",
+    "ablation.png",
+    "training_curves.png",
+    "interventions.csv",
+    "distances.csv",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

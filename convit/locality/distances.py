@@ -81,8 +81,13 @@ def authors_maps(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -
     return [total / images.shape[0] for total in totals]
 
 
-def distance_report(model: nn.Module, images: torch.Tensor, batch_size: int = 32, authors: bool = False,
-                    maps: Sequence[torch.Tensor] | None = None) -> dict:
+def distance_report(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 32,
+    authors: bool = False,
+    maps: Sequence[torch.Tensor] | None = None,
+) -> dict:
     """Per block and head: non-locality in patches and pixels from the real forward (``maps``: already captured
     ones, else captured here), and with ``authors`` the authors' measure in both units."""
     grid_size = patch_grid(model, images.shape)
@@ -108,11 +113,19 @@ def write_csv(reports: Sequence[dict], labels: Sequence[str], types: Sequence[Se
         for report, label, kinds in zip(reports, labels, types, strict=True):
             for b, heads in enumerate(report["distance_px"]):
                 for h, px in enumerate(heads):
-                    row = {"model": label, "block": b, "type": kinds[b], "head": h, "distance_px": round(px, 4),
-                           "nonlocality_patches": round(report["nonlocality_patches"][b][h], 4)}
+                    row = {
+                        "model": label,
+                        "block": b,
+                        "type": kinds[b],
+                        "head": h,
+                        "distance_px": round(px, 4),
+                        "nonlocality_patches": round(report["nonlocality_patches"][b][h], 4),
+                    }
                     if "authors_px" in report:
-                        row.update(authors_patches=round(report["authors_patches"][b][h], 4),
-                                   authors_px=round(report["authors_px"][b][h], 4))
+                        row.update(
+                            authors_patches=round(report["authors_patches"][b][h], 4),
+                            authors_px=round(report["authors_px"][b][h], 4),
+                        )
                     writer.writerow(row)
 
 
@@ -121,9 +134,13 @@ def markdown_table(report: dict, label: str) -> str:
     authors = "authors_px" in report
     head = "| block | non-locality (patches) | mean attention distance (px) |"
     head += " authors' measure (patches) | authors' measure (px) |" if authors else ""
-    lines = [f"Attention distance, **{label}** (patch {report['patch_size'][0]}x{report['patch_size'][1]} px; "
-             "mean over heads" + ("; authors': patch embeddings fed to every block" if authors else "") + "):", "",
-             head, "|---:" * (5 if authors else 3) + "|"]
+    lines = [
+        f"Attention distance, **{label}** (patch {report['patch_size'][0]}x{report['patch_size'][1]} px; "
+        "mean over heads" + ("; authors': patch embeddings fed to every block" if authors else "") + "):",
+        "",
+        head,
+        "|---:" * (5 if authors else 3) + "|",
+    ]
     for b, px in enumerate(report["distance_px"]):
         cells = [sum(report["nonlocality_patches"][b]) / len(px), sum(px) / len(px)]
         if authors:
@@ -176,11 +193,26 @@ def write_outputs(reports: Sequence[dict], out: str, argv: Sequence[str], author
     path = os.path.join(out, "distances.csv")
     write_csv([r["distances"] for r in chosen], labels, [[b["type"] for b in r["blocks"]] for r in chosen], path)
     theirs = "; authors_*: the original authors' measure (patch embeddings fed to every block)" if authors else ""
-    written.items.insert(0, ("distances.csv", "attention distance", "One row per model, block and head: non-locality "
-                             f"in patches and the mean attention distance in pixels (patches x patch size){theirs}."))
+    written.items.insert(
+        0,
+        (
+            "distances.csv",
+            "attention distance",
+            "One row per model, block and head: non-locality "
+            f"in patches and the mean attention distance in pixels (patches x patch size){theirs}.",
+        ),
+    )
     png = os.path.join(out, "attention_distance.png")
-    plot_distance_scatter([r["distances"] for r in chosen], labels, png,
-                          footer("python -m convit.locality " + shlex.join(argv)))
+    plot_distance_scatter(
+        [r["distances"] for r in chosen], labels, png, footer("python -m convit.locality " + shlex.join(argv))
+    )
     hollow = "; hollow squares: the authors' measure" if authors else ""
-    written.items.insert(1, ("attention_distance.png", "attention distance", "Mean attention distance in pixels of "
-                             f"every head against depth (the ViT paper's Fig. 7), every model on one figure{hollow}."))
+    written.items.insert(
+        1,
+        (
+            "attention_distance.png",
+            "attention distance",
+            "Mean attention distance in pixels of "
+            f"every head against depth (the ViT paper's Fig. 7), every model on one figure{hollow}.",
+        ),
+    )

@@ -179,8 +179,12 @@ def intervene(model: nn.Module, label: str, images, labels, args, out: str, writ
     rows = gate_interventions(model, images, labels, args.batch_size, progress=True)
     path = os.path.join(out, "interventions.csv")
     write_csv(rows, path)
-    written.add(path, label, "Top-1 and loss with the gates of each GPSA block (and of all) forced to 0 (content "
-                "only) or 1 (positional only), beside the unchanged model.")
+    written.add(
+        path,
+        label,
+        "Top-1 and loss with the gates of each GPSA block (and of all) forced to 0 (content "
+        "only) or 1 (positional only), beside the unchanged model.",
+    )
     png = written.add(
         os.path.join(out, "interventions.png"),
         label,

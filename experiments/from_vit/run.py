@@ -40,7 +40,6 @@ import data_efficiency as de  # noqa: E402
 
 from convit.convert import from_vit  # noqa: E402
 from convit.errors import UserError, run_entry_point  # noqa: E402
-from convit.locality.interventions import evaluate as top1_loss  # noqa: E402
 from convit.locality.interventions import footer, gate_interventions  # noqa: E402
 from convit.training.data import DigitsDataset, class_balanced_subset, input_channels  # noqa: E402
 from convit.training.engine import (  # noqa: E402
@@ -80,7 +79,13 @@ def train_steps(model, cfg, steps: int, warmup_steps: int, train_data, seed_offs
     batches = de.cycled_batches(len(subset), cfg.batch_size, steps, generator)
     loader = DataLoader(subset, batch_sampler=batches, num_workers=0)
     stats = train_one_epoch(
-        model, loader, optimizer, torch.nn.CrossEntropyLoss(), torch.device("cpu"), 0, scheduler=scheduler,
+        model,
+        loader,
+        optimizer,
+        torch.nn.CrossEntropyLoss(),
+        torch.device("cpu"),
+        0,
+        scheduler=scheduler,
         clip_grad=cfg.clip_grad,
     )
     assert len(stats["step_losses"]) == steps
@@ -137,9 +142,16 @@ def run_seed(base, fraction, seed, args, data, out: Path) -> list[dict]:
         clock = time.perf_counter()
         images = train_steps(model.train(), cfg, args.steps, args.warmup_steps, train_data, seed_offset=1)
         val = evaluate(model, val_loader, torch.device("cpu"))
-        row = {"start": start, "fraction": fraction, "seed": seed, "train_images": images, "steps": args.steps,
-               "val_acc1": round(val["val_acc1"], 3), "val_loss": round(val["val_loss"], 4),
-               "seconds": round(time.perf_counter() - clock, 1)}
+        row = {
+            "start": start,
+            "fraction": fraction,
+            "seed": seed,
+            "train_images": images,
+            "steps": args.steps,
+            "val_acc1": round(val["val_acc1"], 3),
+            "val_loss": round(val["val_loss"], 4),
+            "seconds": round(time.perf_counter() - clock, 1),
+        }
         rows.append(row)
         if start != "deit":
             found = gate_interventions(model, val_images, val_labels, batch_size=120)
@@ -167,8 +179,14 @@ def summarize(results: list[dict]) -> list[dict]:
     """Per fraction: each start's mean ± std top-1 and the converted start's paired differences."""
     rows = []
     for fraction in sorted({float(r["fraction"]) for r in results}):
-        acc = {s: {int(r["seed"]): float(r["val_acc1"]) for r in results
-                   if r["start"] == s and float(r["fraction"]) == fraction} for s in STARTS}
+        acc = {
+            s: {
+                int(r["seed"]): float(r["val_acc1"])
+                for r in results
+                if r["start"] == s and float(r["fraction"]) == fraction
+            }
+            for s in STARTS
+        }
         seeds = sorted(set.intersection(*(set(acc[s]) for s in STARTS)))
         row = {"fraction": fraction, "seeds": len(seeds)}
         for s in STARTS:
@@ -192,11 +210,20 @@ def intervention_means(interventions: list[dict]) -> dict:
 
 
 def markdown(summary, conversion, interventions, setting: str, command: str) -> str:
-    lines = ["# From a DeiT to a ConViT: results", "", f"`{command}`", "", setting, "",
-             "Validation top-1 (%) after the extra budget, mean ± std over seeds; `converted − X`: paired "
-             "difference (points), its 95 % t interval and the seeds the converted start wins.", "",
-             "| fraction | seeds | converted | DeiT continued | ConViT scratch | converted − DeiT | wins | "
-             "converted − scratch | wins |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# From a DeiT to a ConViT: results",
+        "",
+        f"`{command}`",
+        "",
+        setting,
+        "",
+        "Validation top-1 (%) after the extra budget, mean ± std over seeds; `converted − X`: paired "
+        "difference (points), its 95 % t interval and the seeds the converted start wins.",
+        "",
+        "| fraction | seeds | converted | DeiT continued | ConViT scratch | converted − DeiT | wins | "
+        "converted − scratch | wins |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in summary:
         lines.append(
             f"| {r['fraction']:g} | {r['seeds']} | {r['converted_mean']:.2f} ± {r['converted_std']:.2f} | "
@@ -205,16 +232,28 @@ def markdown(summary, conversion, interventions, setting: str, command: str) -> 
             f"{r['vs_deit_n']} | {r['vs_scratch_mean']:+.2f} [{r['vs_scratch_lo']:+.2f}, {r['vs_scratch_hi']:+.2f}] | "
             f"{r['vs_scratch_wins']}/{r['vs_scratch_n']} |"
         )
-    lines += ["", "Before any training (the twin and its conversion, same weights): mean over seeds.", "",
-              "| fraction | twin top-1 | converted top-1 | agreement (%) | logit distance |", "|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "Before any training (the twin and its conversion, same weights): mean over seeds.",
+        "",
+        "| fraction | twin top-1 | converted top-1 | agreement (%) | logit distance |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for fraction in sorted({float(r["fraction"]) for r in conversion}):
         at = [r for r in conversion if float(r["fraction"]) == fraction]
         mean = {k: np.mean([float(r[k]) for r in at]) for k in CONVERSION_FIELDS[2:]}
-        lines.append(f"| {fraction:g} | {mean['twin_acc1']:.2f} | {mean['converted_acc1']:.2f} | "
-                     f"{mean['agreement']:.1f} | {mean['logit_distance']:.3f} |")
-    lines += ["", "Gate interventions on the final ConViTs: top-1 change (points, mean ± std over seeds) with every "
-              "GPSA gate forced to 0 (content only) or 1 (positional only).", "",
-              "| start | fraction | content only | positional only |", "|---|---:|---:|---:|"]
+        lines.append(
+            f"| {fraction:g} | {mean['twin_acc1']:.2f} | {mean['converted_acc1']:.2f} | "
+            f"{mean['agreement']:.1f} | {mean['logit_distance']:.3f} |"
+        )
+    lines += [
+        "",
+        "Gate interventions on the final ConViTs: top-1 change (points, mean ± std over seeds) with every "
+        "GPSA gate forced to 0 (content only) or 1 (positional only).",
+        "",
+        "| start | fraction | content only | positional only |",
+        "|---|---:|---:|---:|",
+    ]
     means = intervention_means(interventions)
     for start in ("converted", "scratch"):
         for fraction in sorted({k[1] for k in means}):
@@ -245,8 +284,11 @@ def plot(results, interventions, out: Path, setting: str, command: str) -> None:
     ax.set_xticks([j * 4 + i for j in range(len(fractions)) for i in range(3)])
     ax.set_xticklabels([f"{s}\n{f:g}" for f in fractions for s in ("conv.", "DeiT", "scratch")], fontsize=7)
     ax.set_ylabel("validation top-1 (%)")
-    ax.set_title("top-1 after the extra budget (grey: one seed's paired runs)\nx: start (green: converted, orange: "
-                 "DeiT continued, blue: ConViT scratch) and data fraction", fontsize=8)
+    ax.set_title(
+        "top-1 after the extra budget (grey: one seed's paired runs)\nx: start (green: converted, orange: "
+        "DeiT continued, blue: ConViT scratch) and data fraction",
+        fontsize=8,
+    )
     ax.grid(alpha=0.3, axis="y")
     means = intervention_means(interventions)
     labels, content, positional = [], [], []
@@ -257,10 +299,24 @@ def plot(results, interventions, out: Path, setting: str, command: str) -> None:
                 content.append(means[(start, fraction, "content only")])
                 positional.append(means[(start, fraction, "positional only")])
     x = np.arange(len(labels))
-    bx.bar(x - 0.2, [c[0] for c in content], 0.4, yerr=[c[1] for c in content], capsize=3, color="C0",
-           label="gates forced to 0 (content only)")
-    bx.bar(x + 0.2, [p[0] for p in positional], 0.4, yerr=[p[1] for p in positional], capsize=3, color="C1",
-           label="gates forced to 1 (positional only)")
+    bx.bar(
+        x - 0.2,
+        [c[0] for c in content],
+        0.4,
+        yerr=[c[1] for c in content],
+        capsize=3,
+        color="C0",
+        label="gates forced to 0 (content only)",
+    )
+    bx.bar(
+        x + 0.2,
+        [p[0] for p in positional],
+        0.4,
+        yerr=[p[1] for p in positional],
+        capsize=3,
+        color="C1",
+        label="gates forced to 1 (positional only)",
+    )
     bx.axhline(0, color="k", lw=0.8)
     bx.set_xticks(x)
     bx.set_xticklabels(labels, fontsize=7)
@@ -334,9 +390,12 @@ def main(argv=None) -> None:
     for i, (fraction, seed) in enumerate(todo, 1):
         rows = run_seed(base, fraction, seed, args, data, out)
         elapsed = time.perf_counter() - clock
-        print(f"[{i:2d}/{len(todo)}] fraction {fraction:g} seed {seed}: "
-              + ", ".join(f"{r['start']} {r['val_acc1']:.2f}" for r in rows)
-              + f" | elapsed {elapsed / 60:.1f} min, ETA {elapsed / i * (len(todo) - i) / 60:.1f} min", flush=True)
+        print(
+            f"[{i:2d}/{len(todo)}] fraction {fraction:g} seed {seed}: "
+            + ", ".join(f"{r['start']} {r['val_acc1']:.2f}" for r in rows)
+            + f" | elapsed {elapsed / 60:.1f} min, ETA {elapsed / i * (len(todo) - i) / 60:.1f} min",
+            flush=True,
+        )
 
     results = de.read_csv(out / "results.csv")
     conversion, interventions = de.read_csv(out / "conversion.csv"), de.read_csv(out / "interventions.csv")
