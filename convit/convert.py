@@ -30,6 +30,8 @@ from torch import nn
 from .errors import UserError
 from .model import ConViT
 
+DEFAULT_GATE = 0.1  # sigmoid(gating_param) of every converted GPSA head: the content path starts dominant
+
 
 class ConversionError(UserError, ValueError):
     """A model or checkpoint that cannot become a ConViT."""
@@ -69,7 +71,7 @@ def gate_logit(gate: float) -> float:
 
 
 def convert_state_dict(
-    state_dict: dict, model: ConViT, gate: float = 0.1, drop_register_tokens: bool = False
+    state_dict: dict, model: ConViT, gate: float = DEFAULT_GATE, drop_register_tokens: bool = False
 ) -> dict[str, torch.Tensor]:
     """The state dict of ``model`` (a ConViT of the ViT's width, depth and heads) holding a ViT's weights.
 
@@ -99,11 +101,14 @@ def convert_state_dict(
     if "pos_embed" in sd:
         pos = sd.pop("pos_embed")
         prefix = pos.shape[1] - model.num_patches
-        if prefix not in (0, 1, 1 + num_registers):
-            raise ConversionError(
-                f"the ViT's pos_embed holds {pos.shape[1]} positions, the ConViT's grid {model.num_patches} patches; "
-                "build the ConViT at the ViT's image size"
-            )
+        if prefix not in (0, 1, 1 + num_registers):  # another grid: the square one (the model resamples it)
+            squares = [p for p in (0, 1, 1 + num_registers) if math.isqrt(pos.shape[1] - p) ** 2 == pos.shape[1] - p]
+            if not squares:
+                raise ConversionError(
+                    f"the ViT's pos_embed holds {pos.shape[1]} positions, neither the ConViT's {model.num_patches} "
+                    "patches nor a square grid; build the ConViT at the ViT's image size"
+                )
+            prefix = squares[-1]
         if prefix >= 1:  # timm's class-token position: fold it into the token, which joins later without one
             cls = cls + pos[:, :1]
         out["pos_embed"] = pos[:, prefix:].clone()
@@ -156,7 +161,7 @@ def _timm_vit(vit: str | Path, create_kwargs: dict) -> nn.Module:
         except RuntimeError as e:
             raise ConversionError(f"'{vit}' does not hold {name}'s weights ({str(e).splitlines()[0][:160]})") from None
         return model
-    if str(vit) not in timm.list_models():
+    if not (timm.is_model(str(vit)) or str(vit).startswith(("hf-hub:", "local-dir:"))):
         raise ConversionError(f"'{vit}' is neither a weights file nor a timm model name")
     return timm.create_model(str(vit), **create_kwargs)
 
@@ -223,7 +228,7 @@ def from_vit(
     vit: nn.Module | str | Path,
     local_up_to_layer: int = 10,
     locality_strength: float = 1.0,
-    gate: float = 0.1,
+    gate: float = DEFAULT_GATE,
     drop_register_tokens: bool = False,
     **create_kwargs,
 ) -> ConViT:

@@ -159,10 +159,10 @@ def test_name_with_local_weights_and_a_checkpoint_file(tmp_path):
 
 def test_finetune_converts_a_vit_state_dict_and_says_so():
     vit = tiny_vit()
-    model = create_model(
+    model = create_model(  # at 64 pixels: the ViT's 4x4 position grid is resampled to 8x8 as it loads
         "convit_tiny",
         10,
-        img_size=32,
+        img_size=64,
         patch_size=8,
         embed_dim=32,
         num_heads=4,
@@ -173,7 +173,8 @@ def test_finetune_converts_a_vit_state_dict_and_says_so():
     notes = load_source(model, Source(vit.state_dict(), "'vit.pth' (a state dict)", None), [str(i) for i in range(10)])
     assert any("converted to ConViT" in note for note in notes)
     assert torch.equal(model.blocks[0].attn.qk.weight, vit.blocks[0].attn.qkv.weight[:64])
-    assert torch.equal(model.head.weight, vit.head.weight)
+    assert torch.equal(model.head.weight, vit.head.weight) and model.pos_embed.shape == (1, 64, 32)
+    assert torch.equal(model.cls_token, vit.cls_token + vit.pos_embed[:, :1])
 
 
 DOC = (ROOT / "docs" / "convert.md").read_text()

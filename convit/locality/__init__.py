@@ -1,10 +1,13 @@
 """Locality analysis of ConViT (d'Ascoli et al., 2021) and timm's vision transformers: attention maps,
-non-locality (gated, content, positional), gates, positional centres and sharpness, rollout, head ablation.
+non-locality (gated, content, positional; in pixels; the original authors' measure), gates, positional centres
+and sharpness, rollout, head ablation, gate interventions.
 
 ``measures`` needs only the zoo; ``plots`` draws PNGs with matplotlib (imported when a plot is drawn);
 ``__main__`` is the command, ``python -m convit.locality``.
 """
 
+from .distances import authors_maps, distance_report, plot_distance_scatter
+from .interventions import forced_gates, gate_interventions, plot_interventions
 from .measures import (
     Capture,
     attention_maps,
@@ -37,9 +40,13 @@ from .plots import (
 __all__ = [
     "Capture",
     "attention_maps",
+    "authors_maps",
     "attention_rollout",
     "capture",
+    "distance_report",
     "epoch_locality",
+    "forced_gates",
+    "gate_interventions",
     "gates",
     "head_ablation",
     "locality_report",
@@ -51,7 +58,9 @@ __all__ = [
     "plot_attention_maps",
     "plot_centres",
     "plot_compare",
+    "plot_distance_scatter",
     "plot_gates",
+    "plot_interventions",
     "plot_log",
     "plot_training_curves",
     "plot_nonlocality",

@@ -148,7 +148,7 @@ def load_source(model: torch.nn.Module, source: Source, class_names: list[str]) 
 def converted_source(source: Source, model: torch.nn.Module) -> Source:
     """``source`` unchanged, or, when it holds a timm ViT/DeiT's (or a DeiT twin's) weights and ``model`` has GPSA
     blocks, those weights converted with ``convit.convert`` (gates at its default), with a note saying so."""
-    from ..convert import ConversionError, convert_state_dict, is_vit_state_dict
+    from ..convert import DEFAULT_GATE, ConversionError, convert_state_dict, is_vit_state_dict
     from ..model import ConViT
 
     if not (isinstance(model, ConViT) and model.local_up_to_layer > 0 and is_vit_state_dict(source.state_dict)):
@@ -160,7 +160,7 @@ def converted_source(source: Source, model: torch.nn.Module) -> Source:
     sd = {k: v for k, v in sd.items() if k in source.state_dict or k not in HEAD_KEYS}
     note = (
         f"{source.description} holds ViT/DeiT weights: converted to ConViT (qkv split into qk and v in the first "
-        f"{model.local_up_to_layer} blocks, convolutional pos_proj, gates sigmoid = 0.1; convit.from_vit)"
+        f"{model.local_up_to_layer} blocks, convolutional pos_proj, gates sigmoid = {DEFAULT_GATE}; convit.from_vit)"
     )
     return Source(sd, source.description, source.class_names, [*source.notes, note])
 
