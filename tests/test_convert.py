@@ -206,7 +206,7 @@ def test_docs_commands(tmp_path, capsys, monkeypatch):
     spec.loader.exec_module(distance)
     distance.main(shlex.split(commands[0])[2:] + ["--images", "2", "--layers", "0,1", "--gates", "0.1"])
     assert "| 0 | 0.1 | 0.0000 |" in capsys.readouterr().out
-    shrink = ["--epochs", "1", "--locality-images", "0", "--progress", "false"]
+    shrink = ["--epochs", "1", "--sampling-ratio", "0.1", "--locality-images", "0", "--progress", "false"]
     train_script.main(shlex.split(commands[1])[2:] + shrink)
     train_script.main(shlex.split(commands[2])[2:] + shrink)
     assert "holds ViT/DeiT weights: converted to ConViT" in capsys.readouterr().out
