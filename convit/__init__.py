@@ -5,6 +5,7 @@ The zoo needs only torch and timm: the training system (``convit.training``) and
 """
 
 from .attention import GPSA, MHSA
+from .convert import from_vit
 from .errors import UserError
 from .model import ConViT
 from .variants import (
@@ -33,5 +34,6 @@ __all__ = [
     "convit_tiny",
     "convit_tiny_plus",
     "create_model",
+    "from_vit",
 ]
 __version__ = "0.1.0"

@@ -262,6 +262,21 @@ COVERED = {
         ELSEWHERE,
         "tests/test_bench.py::test_epoch_benchmark_runs_its_smallest_form",
     ),
+    "python -m experiments.from_vit.distance": (ELSEWHERE, "tests/test_convert.py::test_docs_commands"),
+    "python train.py --local-up-to-layer 0 --output-dir out/deit_digits": (
+        ELSEWHERE,
+        "tests/test_convert.py::test_docs_commands",
+    ),
+    "python train.py --finetune out/deit_digits/best.pth --output-dir out/convit_from_deit": (
+        ELSEWHERE,
+        "tests/test_convert.py::test_docs_commands",
+    ),
+    "python -m convit.locality --checkpoint out/convit_from_deit/best.pth --intervene --authors-measure "
+    "--out out/locality_from_deit": (ELSEWHERE, "tests/test_convert.py::test_docs_commands"),
+    "python -m experiments.from_vit.run --out experiments/from_vit/results --resume": (
+        ELSEWHERE,
+        "tests/experiments/test_from_vit.py::test_from_vit_experiment_smallest_form_and_resume",
+    ),
     "python benchmarks/bench_gpsa_layout.py --threads 1": (
         ELSEWHERE,
         "tests/test_bench.py::test_layout_benchmark_compares_three_forms_of_the_same_layer",

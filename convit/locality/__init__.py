@@ -1,5 +1,6 @@
 """Locality analysis of ConViT (d'Ascoli et al., 2021) and timm's vision transformers: attention maps,
-non-locality (gated, content, positional), gates, positional centres and sharpness, rollout, head ablation.
+non-locality (gated, content, positional; in pixels; the original authors' measure), gates, positional centres
+and sharpness, rollout, head ablation, gate interventions.
 
 ``adapters`` reads each model family's attention, ``measures`` computes maps and distances from it,
 ``report`` gathers them per block, ``ablation`` zeroes heads; all need only the zoo. ``plots`` draws PNGs with
@@ -9,7 +10,9 @@ matplotlib (imported when a plot is drawn); ``__main__`` is the command, ``pytho
 from .ablation import head_ablation
 from .adapters import patch_grid
 from .curves import plot_log, plot_training_curves
+from .distances import authors_maps, distance_report, plot_distance_scatter
 from .errors import LocalityError
+from .interventions import forced_gates, gate_interventions, plot_interventions
 from .measures import (
     Capture,
     attention_maps,
@@ -38,9 +41,13 @@ __all__ = [
     "Capture",
     "LocalityError",
     "attention_maps",
+    "authors_maps",
     "attention_rollout",
     "capture",
+    "distance_report",
     "epoch_locality",
+    "forced_gates",
+    "gate_interventions",
     "gates",
     "head_ablation",
     "locality_report",
@@ -52,7 +59,9 @@ __all__ = [
     "plot_attention_maps",
     "plot_centres",
     "plot_compare",
+    "plot_distance_scatter",
     "plot_gates",
+    "plot_interventions",
     "plot_log",
     "plot_training_curves",
     "plot_nonlocality",

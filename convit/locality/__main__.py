@@ -18,11 +18,14 @@ import torch
 from torch import nn
 
 from ..errors import run_entry_point
+from . import distances
 from .ablation import head_ablation
 from .adapters import patch_grid
 from .curves import plot_log, plot_training_curves
+from .distances import distance_report
 from .errors import LocalityError
 from .inputs import digits_batch, folder_batch, load_model, parse_images, parse_query
+from .interventions import intervene
 from .measures import attention_rollout, capture
 from .outputs import SENTENCES, Written, model_labels, write_csv, write_markdown
 from .plots import (
@@ -47,7 +50,7 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
     else:
         images, labels = digits_batch(model, args.num_images)
     stored = getattr(model, "class_names", None)
-    if args.ablate and stored is not None:
+    if (args.ablate or getattr(args, "intervene", False)) and stored is not None:
         from torchvision.datasets.folder import find_classes
 
         from ..data import DIGITS_CLASSES, class_difference
@@ -55,7 +58,8 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
         data_classes = find_classes(args.data_path)[0] if args.data_path else DIGITS_CLASSES
         if list(stored) != list(data_classes):
             raise LocalityError(
-                f"--ablate needs the labels the model was trained on: {class_difference(stored, data_classes)}"
+                f"{'--ablate' if args.ablate else '--intervene'} needs the labels the model was trained on: "
+                f"{class_difference(stored, data_classes)}"
             )
     # checked before the long part; the grid is the one the model's patch embedding will make
     grid_size = patch_grid(model, images.shape)
@@ -84,6 +88,10 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
             "Top-1 drop in points when each head alone is zeroed (rows: blocks, columns: heads); red heads matter, "
             "blue ones hurt.",
         )
+    if getattr(args, "pixels", False) or getattr(args, "authors_measure", False):  # hook: distances.py
+        report["distances"] = distance_report(model, images, args.batch_size, args.authors_measure, captured.maps)
+    if getattr(args, "intervene", False):  # hook: gate interventions (interventions.py)
+        report["interventions"] = intervene(model, label, images, labels, args, out, written)
     with open(os.path.join(out, "locality.json"), "w") as handle:
         json.dump(report, handle, indent=1)
     written.add(
@@ -215,6 +223,8 @@ def run(args: argparse.Namespace) -> dict:
         ]
         plot_compare(reports, labels, comparison[2][0], "; ".join(note.split(":")[0] for note in notes) or None)
         written.items[:0] = [(os.path.relpath(p, args.out), "side by side", s) for p, s in comparison]
+    if any("distances" in report for report in reports):  # every model's distances on one figure
+        distances.write_outputs(reports, args.out, args._argv, args.authors_measure, written)
     write_markdown(os.path.join(args.out, "report.md"), args._argv, reports, notes, written)
     return result
 
@@ -250,6 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ablate", action="store_true", help="also measure the top-1 drop when each head is zeroed")
     parser.add_argument(
+        "--pixels",
+        action="store_true",
+        help="also report the mean attention distance in pixels (distances.csv, the ViT paper's per-head scatter)",
+    )
+    parser.add_argument(
+        "--authors-measure",
+        action="store_true",
+        help="also report the original authors' locality measure (patch embeddings fed to every block); "
+        "implies --pixels",
+    )
+    parser.add_argument(
+        "--intervene",
+        action="store_true",
+        help="also measure top-1 and loss with each GPSA block's gates forced to 0 (content) or 1 (positional)",
+    )
+    parser.add_argument(
         "--log",
         action="append",
         help="training log.jsonl: plot the measures and the loss over epochs instead; repeat to overlay runs' curves",
@@ -260,7 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # the files this command may write in --out
-_OUTPUT_NAMES = {"locality.json", "locality.csv", "report.md", "ablation.png", "training_curves.png"}
+_OUTPUT_NAMES = {
+    "locality.json",
+    "locality.csv",
+    "report.md",
+    "ablation.png",
+    "training_curves.png",
+    "interventions.csv",
+    "distances.csv",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

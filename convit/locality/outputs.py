@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 
 # ---------------------------------------------------------------------------------------------- inputs
-
+from . import distances, interventions
 
 COLUMNS = [
     "block",
@@ -113,6 +113,16 @@ def write_markdown(path: str, argv: Sequence[str], reports: Sequence[dict], note
             + (f", top-1 {100 * report['ablation']['top1']:.1f}%" if "ablation" in report else "")
         )
     lines += [""] + [f"> Note: {note}" for note in notes] + ([""] if notes else [])
+    for report in reports:
+        if report.get("distances"):
+            lines += [distances.markdown_table(report["distances"], report["label"]), ""]
+        if report.get("interventions"):
+            lines += [
+                f"Gate interventions, **{report['label']}**:",
+                "",
+                interventions.markdown_table(report["interventions"]),
+                "",
+            ]
     lines += [
         "Non-locality is the attention-weighted distance in patches from each query patch to the patches it "
         "attends, averaged over queries and images; class and register tokens are left out.",

@@ -83,6 +83,7 @@ def prepare(source: Source, model: torch.nn.Module, class_names: list[str]) -> t
     The position embedding may hold another grid (the model resamples it when loading); every other
     tensor must have the model's shape, else one FinetuneError line names what does not fit.
     """
+    source = converted_source(source, model)  # a ViT/DeiT's weights for a ConViT: converted (convit.convert)
     sd = dict(source.state_dict)
     expected = model.state_dict()
     body = {k for k in expected if k not in HEAD_KEYS}
@@ -142,6 +143,26 @@ def load_source(model: torch.nn.Module, source: Source, class_names: list[str]) 
             f"--finetune {source.description}: missing {left[:3]}, unexpected {result.unexpected_keys[:3]}"
         )
     return notes  # a dropped head keeps the fresh initialisation the model was built with
+
+
+def converted_source(source: Source, model: torch.nn.Module) -> Source:
+    """``source`` unchanged, or, when it holds a timm ViT/DeiT's (or a DeiT twin's) weights and ``model`` has GPSA
+    blocks, those weights converted with ``convit.convert`` (gates at its default), with a note saying so."""
+    from ..convert import DEFAULT_GATE, ConversionError, convert_state_dict, is_vit_state_dict
+    from ..model import ConViT
+
+    if not (isinstance(model, ConViT) and model.local_up_to_layer > 0 and is_vit_state_dict(source.state_dict)):
+        return source
+    try:
+        sd = convert_state_dict(source.state_dict, model)
+    except ConversionError as e:
+        raise FinetuneError(f"--finetune {source.description}: {e}") from None
+    sd = {k: v for k, v in sd.items() if k in source.state_dict or k not in HEAD_KEYS}
+    note = (
+        f"{source.description} holds ViT/DeiT weights: converted to ConViT (qkv split into qk and v in the first "
+        f"{model.local_up_to_layer} blocks, convolutional pos_proj, gates sigmoid = {DEFAULT_GATE}; convit.from_vit)"
+    )
+    return Source(sd, source.description, source.class_names, [*source.notes, note])
 
 
 def _frozen(name: str, mode: str) -> bool:

@@ -1,0 +1,1 @@
+"""Turning a trained DeiT twin into a ConViT: ``python -m experiments.from_vit.run`` (see README.md)."""
