@@ -231,6 +231,10 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
     model.to(device)
     if args.data_path:
         images, labels = _folder_batch(model, args.data_path, args.num_images)
+    elif args.data == "cluttered":  # hook: the cluttered digits (convit/data/cluttered.py)
+        from ..data.cluttered import validation_batch
+
+        images, labels = validation_batch(_input_size(model)[0], _in_chans(model), args.num_images)
     else:
         images, labels = _digits_batch(model, args.num_images)
     stored = getattr(model, "class_names", None)
@@ -256,7 +260,7 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
         label=label,
         model=getattr(model, "pretrained_cfg", {}).get("architecture", label),
         checkpoint=getattr(args, "_checkpoint", None),
-        data=args.data_path or "digits",
+        data=args.data_path or args.data,
         query=list(queries[0]),
         queries=[list(q) for q in queries],
         images=chosen,
@@ -485,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (downloads them)")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--data-path", help="ImageFolder directory (class sub-folders of images)")
-    data.add_argument("--data", choices=["digits"], default="digits", help="built-in data set (default: digits)")
+    data.add_argument(
+        "--data", choices=["digits", "cluttered"], default="digits", help="built-in data set (default: digits)"
+    )
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(

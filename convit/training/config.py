@@ -39,7 +39,7 @@ class ConfigError(UserError, ValueError):
 @dataclass
 class Config:
     # data
-    data: str = "auto"  # "digits", "imagefolder", a transfer dataset (DATASETS), or "auto" (imagefolder with data_path)
+    data: str = "auto"  # "digits", "cluttered", "imagefolder", a transfer dataset (DATASETS), or "auto" (imagefolder with data_path)
     data_path: str | None = None  # ImageFolder root holding train/ and val/, or a transfer dataset's folder
     digits_classes: list[int] | None = None  # digits only: keep these digits (relabelled 0..k-1 in this order)
     sampling_ratio: float = 1.0  # keep this class-balanced fraction of the training images
@@ -135,7 +135,7 @@ _RESERVED_KWARGS = {"img_size", "num_classes", "drop_rate", "drop_path_rate", "p
 DATASETS = ("cifar10", "cifar100", "flowers102", "stanford_cars", "inat2018", "inat2019")
 STOP_SIGNALS = ("TERM", "INT", "USR1", "USR2")
 CHOICES = {
-    "data": ("auto", "digits", "imagefolder", *DATASETS),
+    "data": ("auto", "digits", "cluttered", "imagefolder", *DATASETS),
     "freeze": ("none", "head_only", "attn_only", "gates", "pos_proj"),
     "distillation_type": ("none", "soft", "hard"),
     "amp_dtype": ("bfloat16", "float16"),

@@ -346,7 +346,11 @@ def input_channels(cfg: Config) -> int:
 def build_datasets(cfg: Config, need_train: bool = True):
     """(train dataset or None, val dataset, class names) for ``cfg.data``."""
     in_chans = input_channels(cfg)
-    if cfg.data == "digits":
+    if cfg.data == "cluttered":  # hook: the cluttered digits (convit/data/cluttered.py)
+        from ..data.cluttered import cluttered_datasets
+
+        train, val, class_names = cluttered_datasets(cfg.img_size, in_chans, need_train)
+    elif cfg.data == "digits":
         (Xtr, ytr), (Xva, yva) = digits_split()
         class_names = DIGITS_CLASSES
         if cfg.digits_classes is not None:
@@ -360,7 +364,7 @@ def build_datasets(cfg: Config, need_train: bool = True):
                 f"ImageFolder images are RGB (3 channels) but the model takes in_chans={in_chans}; "
                 "use a recipe for RGB data (e.g. --config in1k) or --in-chans 3"
             )
-    if cfg.data not in ("digits", "imagefolder"):
+    if cfg.data not in ("digits", "imagefolder", "cluttered"):
         train, val, class_names = transfer_datasets(cfg, need_train)
     elif cfg.data == "imagefolder":
         if not os.path.isdir(cfg.data_path):

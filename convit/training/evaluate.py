@@ -113,7 +113,7 @@ def main(args) -> dict:
     cfg.num_workers = (
         args.num_workers
         if args.num_workers is not None
-        else (0 if cfg.data == "digits" else min(8, os.cpu_count() or 1))
+        else (0 if cfg.data in ("digits", "cluttered") else min(8, os.cpu_count() or 1))  # hook: cluttered
     )
     cfg.sampling_ratio = 1.0
     if args.img_size:
@@ -143,7 +143,7 @@ def main(args) -> dict:
         "model": cfg.model,
         "checkpoint": args.checkpoint,
         "pretrained": args.pretrained,
-        "data": cfg.data_path if cfg.data == "imagefolder" else "digits",
+        "data": cfg.data_path if cfg.data == "imagefolder" else ("cluttered" if cfg.data == "cluttered" else "digits"),
         "world_size": dist.world_size,
         **stats,
     }

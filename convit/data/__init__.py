@@ -1,0 +1,1 @@
+"""Datasets: the scikit-learn digits and the embedded tasks derived from them."""
