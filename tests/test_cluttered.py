@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -22,7 +23,6 @@ sys.path.insert(0, str(ROOT / "experiments" / "cluttered"))
 import run as experiment  # noqa: E402
 
 TINY = ["--embed-dim", "16", "--num-heads", "4", "--depth", "2", "--local-up-to-layer", "1"]
-EXPERIMENT = ROOT / "experiments" / "cluttered" / "run.py"
 
 
 @pytest.fixture(scope="module")
@@ -98,36 +98,45 @@ def test_bad_settings_are_refused_in_one_line(capsys):
     assert "not 40; set --img-size 32 or 48" in line
 
 
+def write_up_commands() -> list[list[str]]:
+    """The commands of the experiment's README (```bash blocks), split into words, comments dropped."""
+    text = (ROOT / "experiments" / "cluttered" / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands.append(line.split())
+    return commands
+
+
+def test_every_write_up_command_runs_here():
+    """Each command of experiments/cluttered/README.md is one that the tests below run (with shrinking flags)."""
+    assert [" ".join(c) for c in write_up_commands()] == [
+        "python train.py --config cluttered",
+        "python eval.py --checkpoint out/cluttered/best.pth",
+        "python -m convit.locality --checkpoint out/cluttered/best.pth --data cluttered --out out/cluttered/locality",
+        "OMP_NUM_THREADS=1 python experiments/cluttered/run.py --out experiments/cluttered/results",
+        "OMP_NUM_THREADS=1 python experiments/cluttered/run.py --out experiments/cluttered/results --resume",
+    ]
+
+
 def test_train_eval_and_locality_on_cluttered(tmp_path):
-    out = tmp_path / "run"
-    run_script(
-        "train.py",
-        [
-            "--config",
-            "cluttered",
-            *TINY,
-            "--epochs",
-            "1",
-            "--sampling-ratio",
-            "0.2",
-            "--locality-images",
-            "8",
-            "--progress",
-            "false",
-            "--output-dir",
-            out,
-        ],
-    )
+    """The write-up's train, eval and locality commands, one epoch of a 2-block model on 20 % of the canvases."""
+    train, evaluation, locality = (c for c in write_up_commands()[:3])
+    out = tmp_path / "cluttered"
+    shrink = ["--epochs", "1", "--sampling-ratio", "0.2", "--locality-images", "8", "--progress", "false"]
+    run_script(train[1], [*train[2:], *TINY, *shrink, "--output-dir", out])
     (row,) = read_log(out)
     assert row["val_images"] == 1080
     assert [len(r) for r in row["locality"]["nonlocality"]] == [4, 4]
-    evaluated = evaluate.main(evaluate.parse_args(["--checkpoint", str(out / "best.pth")]))
+    moved = [a.replace("out/cluttered", str(out)) for a in evaluation[2:]]
+    evaluated = evaluate.main(evaluate.parse_args(moved))
     assert evaluated["val_images"] == 1080 and evaluated["data"] == "cluttered"
     assert evaluated["val_acc1"] == pytest.approx(row["val_acc1"])
-    loc = tmp_path / "loc"
-    argv = ["--checkpoint", str(out / "best.pth"), "--data", "cluttered", "--num-images", "8", "--images", "0"]
-    command.main(argv + ["--out", str(loc)])
-    report = json.loads((loc / "locality.json").read_text())
+    moved = [a.replace("out/cluttered", str(out)) for a in locality[3:]]
+    command.main(moved + ["--num-images", "8", "--images", "0"])
+    report = json.loads((out / "locality" / "locality.json").read_text())
     assert report["data"] == "cluttered" and report["num_images"] == 8 and report["grid_size"] == [8, 8]
 
 
@@ -136,11 +145,11 @@ def read(path):
         return list(csv.DictReader(f))
 
 
-def test_chunked_training_equals_one_pass():
+def test_chunked_training_equals_one_pass(split32):
     """The dynamics checkpoints split the step loop; the schedule, optimizer and batches run on unchanged."""
     args = experiment.parse_args(["--embed-dim", "16", "--depth", "2", "--local-up-to-layer", "1"])
     base = experiment.de.base_config(args)
-    (xtr, ytr), (xva, yva) = cluttered_split(32)
+    (xtr, ytr), (xva, yva) = split32
     val = cluttered.ClutteredDataset(xva[:60], yva[:60], 1, train=False)
     data = ((xtr, ytr), torch.utils.data.DataLoader(val, batch_size=30), val.images[:20], val.images[:20])
     cfg = experiment.de.run_config(base, "convit", 0.1, 0)
@@ -157,24 +166,12 @@ def test_chunked_training_equals_one_pass():
 
 
 def test_experiment_command_smallest_form(tmp_path, capsys):
-    """README's command at 2 steps of a 2-block model, one fraction and seed: every file and row, --resume."""
-    cmd = [
-        sys.executable,
-        str(EXPERIMENT),
-        "--fractions",
-        "0.1",
-        "--seeds",
-        "0",
-        "--steps",
-        "2",
-        "--warmup-steps",
-        "1",
-        "--checkpoints",
-        "2",
-        *TINY,
-        "--out",
-        str(tmp_path),
-    ]
+    """The write-up's command at 2 steps of a 2-block model, one fraction and seed: every file and row, --resume."""
+    run, resume = write_up_commands()[3:]
+    assert run[0] == "OMP_NUM_THREADS=1"  # child_env sets it
+    shrink = ["--fractions", "0.1", "--seeds", "0", "--steps", "2", "--warmup-steps", "1", "--checkpoints", "2", *TINY]
+    moved = [a.replace("experiments/cluttered/results", str(tmp_path)) for a in run[3:]]
+    cmd = [sys.executable, str(ROOT / run[2]), *moved, *shrink]
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert {p.name for p in tmp_path.iterdir()} == {
@@ -198,8 +195,9 @@ def test_experiment_command_smallest_form(tmp_path, capsys):
     assert all(r["gate"] == "" for r in dynamics if r["model"] == "deit")
     assert "| 0.1 | 142 |" in (tmp_path / "summary.md").read_text()
 
-    argv = cmd[2:] + ["--threads", str(torch.get_num_threads())]  # the same command, in this process
-    fails_in_one_line(capsys, "run.py", experiment.main, argv)  # a finished experiment is not overwritten
-    experiment.main(argv + ["--resume"])
+    threads = ["--threads", str(torch.get_num_threads())]  # the same commands, in this process
+    fails_in_one_line(capsys, "run.py", experiment.main, moved + shrink + threads)  # a finished one is kept
+    assert resume[-1] == "--resume" and resume[:-1] == run
+    experiment.main(moved + shrink + threads + ["--resume"])
     assert "2 of 2 runs already" in capsys.readouterr().out
     assert read(tmp_path / "results.csv") == results and len(read(tmp_path / "dynamics.csv")) == len(dynamics)
