@@ -273,13 +273,17 @@ def main(argv=None) -> None:
     (out / "summary.md").write_text(
         figures.summary_markdown(summary, locality, dynamics, digits, setting, len(val), grid)
     )
-    figures.plot_accuracy(summary, digits, out / "data_efficiency.png", setting)
-    figures.plot_dynamics(dynamics, out / "dynamics.png", setting, grid)
+    stamp = (
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}, {platform.node() or 'this machine'}, "
+        f"{torch.get_num_threads()} thread(s); python experiments/cluttered/run.py "
+        + " ".join(sys.argv[1:] if argv is None else argv)
+    )
+    figures.plot_accuracy(summary, digits, out / "data_efficiency.png", f"{setting}\n{stamp}")
+    figures.plot_dynamics(dynamics, out / "dynamics.png", f"{setting}\n{stamp}", grid)
     caption = (
         f"cluttered digits, the first 32 training canvases ({base.img_size}x{base.img_size}, patch grid "
         f"{base.model_kwargs['patch_size']}x{base.model_kwargs['patch_size']} drawn), label = the whole digit's "
-        f"class; {time.strftime('%Y-%m-%d', time.gmtime())}, {platform.node() or 'this machine'}; "
-        f"python experiments/cluttered/run.py {' '.join(sys.argv[1:] if argv is None else argv)}"
+        f"class\n{stamp}"
     )
     figures.plot_samples(Xtr, ytr, out / "samples.png", caption)
     print((out / "summary.md").read_text(), flush=True)
