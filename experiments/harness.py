@@ -173,45 +173,41 @@ def locality_rows(model, val_images) -> list[dict]:
     ]
 
 
-def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader, val_images):
-    """Train one model for exactly ``steps`` optimizer steps on its subset (the shared engine's step loop,
-    the whole budget as one pass); evaluate; measure locality."""
+def train_steps(model, cfg: Config, steps: int, warmup_steps: int, train_data, batch_seed: int) -> tuple[int, list]:
+    """Exactly ``steps`` optimizer steps of ``model`` on the run's class-balanced subset of ``train_data`` (the
+    shared engine's step loop, the whole budget as one pass: linear warm-up, then cosine to min_lr at ``steps``);
+    (the subset's size, the loss of every step). ``batch_seed`` seeds the order of the batches."""
     from torch.utils.data import DataLoader
 
-    (Xtr, ytr) = train_data
+    Xtr, ytr = train_data
     keep = class_balanced_subset(ytr.numpy(), cfg.sampling_ratio, cfg.seed)
     subset = DigitsDataset(Xtr[keep], ytr[keep], cfg.img_size, input_channels(cfg), train=True)
+    optimizer = build_optimizer(cfg, model, world_size=1)
+    scheduler = build_scheduler(optimizer, cfg, steps, 1, min(warmup_steps, max(steps - 1, 0)) / steps)
+    batches = cycled_batches(len(subset), cfg.batch_size, steps, torch.Generator().manual_seed(batch_seed))
+    loader = DataLoader(subset, batch_sampler=batches, num_workers=0)
+    loss = torch.nn.CrossEntropyLoss()
+    stats = train_one_epoch(
+        model, loader, optimizer, loss, torch.device("cpu"), 0, scheduler=scheduler, clip_grad=cfg.clip_grad
+    )
+    assert len(stats["step_losses"]) == steps
+    return len(subset), stats["step_losses"]
 
+
+def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader, val_images):
+    """Train one model for exactly ``steps`` optimizer steps on its subset; evaluate; measure locality."""
     seed_everything(cfg.seed)
     model = create_model(cfg.model, 10, **model_kwargs(cfg))
     apply_freeze(model, cfg.freeze)
-    optimizer = build_optimizer(cfg, model, world_size=1)
-    # the budget is one "epoch" of `steps` updates: linear warm-up, then cosine to min_lr at `steps`
-    scheduler = build_scheduler(optimizer, cfg, steps, 1, min(warmup_steps, max(steps - 1, 0)) / steps)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    batches = cycled_batches(len(subset), cfg.batch_size, steps, generator)
-    loader = DataLoader(subset, batch_sampler=batches, num_workers=0)
-
     start = time.perf_counter()
-    stats = train_one_epoch(
-        model,
-        loader,
-        optimizer,
-        torch.nn.CrossEntropyLoss(),
-        torch.device("cpu"),
-        0,
-        scheduler=scheduler,
-        clip_grad=cfg.clip_grad,
-    )
-    losses = stats["step_losses"]
-    assert len(losses) == steps
+    n_images, losses = train_steps(model, cfg, steps, warmup_steps, train_data, cfg.seed)
     val = evaluate(model, val_loader, torch.device("cpu"))
     seconds = time.perf_counter() - start
 
     locality = locality_rows(model, val_images)
     tail = losses[-max(1, min(20, steps // 10)) :]
     result = {
-        "train_images": len(subset),
+        "train_images": n_images,
         "steps": steps,
         "batch_size": cfg.batch_size,
         "val_acc1": round(val["val_acc1"], 3),

@@ -277,6 +277,26 @@ COVERED = {
         ELSEWHERE,
         "tests/experiments/test_from_vit.py::test_from_vit_experiment_smallest_form_and_resume",
     ),
+    "python train.py --config cluttered": (
+        ELSEWHERE,
+        "tests/data/test_cluttered.py::test_train_eval_and_locality_on_cluttered",
+    ),
+    "python eval.py --checkpoint out/cluttered/best.pth": (
+        ELSEWHERE,
+        "tests/data/test_cluttered.py::test_train_eval_and_locality_on_cluttered",
+    ),
+    "python -m convit.locality --checkpoint out/cluttered/best.pth --data cluttered --out out/cluttered/locality": (
+        ELSEWHERE,
+        "tests/data/test_cluttered.py::test_train_eval_and_locality_on_cluttered",
+    ),
+    "OMP_NUM_THREADS=1 python -m experiments.cluttered.run --out experiments/cluttered/results": (
+        ELSEWHERE,
+        "tests/data/test_cluttered.py::test_experiment_command_smallest_form",
+    ),
+    "OMP_NUM_THREADS=1 python -m experiments.cluttered.run --out experiments/cluttered/results --resume": (
+        ELSEWHERE,
+        "tests/data/test_cluttered.py::test_experiment_command_smallest_form",
+    ),
     "python benchmarks/bench_gpsa_layout.py --threads 1": (
         ELSEWHERE,
         "tests/test_bench.py::test_layout_benchmark_compares_three_forms_of_the_same_layer",

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from .cluttered import cluttered_datasets
 from .digits import DIGITS_CLASSES, DigitsDataset, digits_split, digits_subset
 from .folders import DataError, class_balanced_subset, image_folder
 from .transfer import transfer_datasets
@@ -30,7 +31,9 @@ def input_channels(cfg) -> int:
 def build_datasets(cfg, need_train: bool = True):
     """(train dataset or None, val dataset, class names) for ``cfg.data``."""
     in_chans = input_channels(cfg)
-    if cfg.data == "digits":
+    if cfg.data == "cluttered":
+        train, val, class_names = cluttered_datasets(cfg.img_size, in_chans, need_train)
+    elif cfg.data == "digits":
         (Xtr, ytr), (Xva, yva) = digits_split()
         class_names = DIGITS_CLASSES
         if cfg.digits_classes is not None:
@@ -44,7 +47,7 @@ def build_datasets(cfg, need_train: bool = True):
                 f"ImageFolder images are RGB (3 channels) but the model takes in_chans={in_chans}; "
                 "use a recipe for RGB data (e.g. --config in1k) or --in-chans 3"
             )
-    if cfg.data not in ("digits", "imagefolder"):
+    if cfg.data not in ("digits", "imagefolder", "cluttered"):
         train, val, class_names = transfer_datasets(cfg, need_train)
     elif cfg.data == "imagefolder":
         if not os.path.isdir(cfg.data_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.cluttered import validation_batch
 from ..errors import run_entry_point
 from . import distances
 from .ablation import head_ablation
@@ -24,7 +25,7 @@ from .adapters import patch_grid
 from .curves import plot_log, plot_training_curves
 from .distances import distance_report
 from .errors import LocalityError
-from .inputs import digits_batch, folder_batch, load_model, parse_images, parse_query
+from .inputs import digits_batch, folder_batch, load_model, model_in_chans, model_input_size, parse_images, parse_query
 from .interventions import intervene
 from .measures import attention_rollout, capture
 from .outputs import SENTENCES, Written, model_labels, write_csv, write_markdown
@@ -47,6 +48,8 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
     model.to(device)
     if args.data_path:
         images, labels = folder_batch(model, args.data_path, args.num_images)
+    elif args.data == "cluttered":
+        images, labels = validation_batch(model_input_size(model)[0], model_in_chans(model), args.num_images)
     else:
         images, labels = digits_batch(model, args.num_images)
     stored = getattr(model, "class_names", None)
@@ -72,7 +75,7 @@ def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, w
         label=label,
         model=getattr(model, "pretrained_cfg", {}).get("architecture", label),
         checkpoint=getattr(args, "_checkpoint", None),
-        data=args.data_path or "digits",
+        data=args.data_path or args.data,
         query=list(queries[0]),
         queries=[list(q) for q in queries],
         images=chosen,
@@ -245,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained", action="store_true", help="timm's pretrained weights (downloads them)")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--data-path", help="ImageFolder directory (class sub-folders of images)")
-    data.add_argument("--data", choices=["digits"], default="digits", help="built-in data set (default: digits)")
+    data.add_argument(
+        "--data", choices=["digits", "cluttered"], default="digits", help="built-in data set (default: digits)"
+    )
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(

@@ -59,7 +59,7 @@ def load_model(name: str | None = None, checkpoint: str | None = None, pretraine
     return model
 
 
-def _input_size(model: nn.Module) -> tuple[int, int]:
+def model_input_size(model: nn.Module) -> tuple[int, int]:
     # The patch embedding's size is the one the model was built (and trained) at; pretrained_cfg can be
     # stale when img_size was overridden at creation.
     size = getattr(resolve_model(model).model.patch_embed, "img_size", None)
@@ -68,7 +68,7 @@ def _input_size(model: nn.Module) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _in_chans(model: nn.Module) -> int:
+def model_in_chans(model: nn.Module) -> int:
     core = resolve_model(model).model
     return int(getattr(core, "in_chans", None) or core.patch_embed.proj.in_channels)
 
@@ -78,10 +78,10 @@ def digits_batch(model: nn.Module, num_images: int) -> tuple[torch.Tensor, torch
     _, (images, labels) = digits_split()
     if not 0 < num_images <= len(labels):
         raise LocalityError(f"--num-images must be between 1 and {len(labels)} for the digits validation split")
-    size = _input_size(model)
+    size = model_input_size(model)
     if size[0] != size[1]:
         raise LocalityError(f"the digits are square; this model takes {size} images")
-    dataset = DigitsDataset(images[:num_images], labels[:num_images], size[0], _in_chans(model), train=False)
+    dataset = DigitsDataset(images[:num_images], labels[:num_images], size[0], model_in_chans(model), train=False)
     return dataset.images, torch.tensor(dataset.targets)
 
 
@@ -93,7 +93,7 @@ def folder_batch(model: nn.Module, path: str, num_images: int) -> tuple[torch.Te
 
     if not os.path.isdir(path):
         raise LocalityError(f"data folder {path} does not exist")
-    config = resolve_data_config({"input_size": (_in_chans(model), *_input_size(model))}, model=model)
+    config = resolve_data_config({"input_size": (model_in_chans(model), *model_input_size(model))}, model=model)
     try:
         dataset = UniqueImageFolder(path, transform=create_transform(**config))
     except (FileNotFoundError, OSError) as error:

@@ -133,7 +133,7 @@ def main(args) -> dict:
     cfg.num_workers = (
         args.num_workers
         if args.num_workers is not None
-        else (0 if cfg.data == "digits" else min(8, os.cpu_count() or 1))
+        else (0 if cfg.data in ("digits", "cluttered") else min(8, os.cpu_count() or 1))
     )
     cfg.sampling_ratio = 1.0
     loaders = build_loaders(cfg, dist.rank, dist.world_size, need_train=False, pin_memory=dist.device.type == "cuda")

@@ -33,9 +33,10 @@ class Config:
     # data
     data: str = key(
         "auto",
-        "dataset: digits, imagefolder, a transfer dataset, or auto (imagefolder with --data-path, else digits)",
+        "dataset: digits, cluttered (digits placed among fragments), imagefolder, a transfer dataset, or auto "
+        "(imagefolder with --data-path, else digits)",
         "data",
-        choices=("auto", "digits", "imagefolder", *DATASETS),
+        choices=("auto", "digits", "cluttered", "imagefolder", *DATASETS),
     )
     data_path: str | None = key(None, "ImageFolder root with train/ and val/, or a transfer dataset's folder", "data")
     digits_classes: list[int] | None = key(None, "digits only: keep these digits, relabelled 0..k-1 (e.g. 3,8)", "data")

@@ -32,29 +32,25 @@ import numpy as np
 import torch
 
 from convit.convert import from_vit
-from convit.data import DigitsDataset, class_balanced_subset, input_channels
 from convit.errors import UserError, run_entry_point
 from convit.locality.interventions import footer, gate_interventions
 from convit.training.config import validate
 from convit.training.engine import (
-    build_optimizer,
-    build_scheduler,
     evaluate,
     model_kwargs,
     seed_everything,
-    train_one_epoch,
 )
 from convit.variants import create_model
 from experiments.harness import (
     add_recipe_flags,
     append_csv,
     base_config,
-    cycled_batches,
     describe,
     digits_data,
     mean_std,
     prepare_out,
     read_csv,
+    train_steps,
     write_csv,
 )
 
@@ -72,32 +68,6 @@ def run_config(base, fraction: float, seed: int, twin: bool):
     return validate(cfg)
 
 
-def train_steps(model, cfg, steps: int, warmup_steps: int, train_data, seed_offset: int = 0) -> None:
-    """``steps`` optimizer steps on the run's class-balanced subset with the shared engine (warm-up, cosine)."""
-    from torch.utils.data import DataLoader
-
-    Xtr, ytr = train_data
-    keep = class_balanced_subset(ytr.numpy(), cfg.sampling_ratio, cfg.seed)
-    subset = DigitsDataset(Xtr[keep], ytr[keep], cfg.img_size, input_channels(cfg), train=True)
-    optimizer = build_optimizer(cfg, model, world_size=1)
-    scheduler = build_scheduler(optimizer, cfg, steps, 1, min(warmup_steps, max(steps - 1, 0)) / steps)
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + seed_offset)
-    batches = cycled_batches(len(subset), cfg.batch_size, steps, generator)
-    loader = DataLoader(subset, batch_sampler=batches, num_workers=0)
-    stats = train_one_epoch(
-        model,
-        loader,
-        optimizer,
-        torch.nn.CrossEntropyLoss(),
-        torch.device("cpu"),
-        0,
-        scheduler=scheduler,
-        clip_grad=cfg.clip_grad,
-    )
-    assert len(stats["step_losses"]) == steps
-    return len(subset)
-
-
 def twin(base, fraction, seed, args, train_data, cache: Path):
     """The pretrained DeiT twin of (fraction, seed): read from --cache, or trained and saved there."""
     cfg = run_config(base, fraction, seed, twin=True)
@@ -109,7 +79,7 @@ def twin(base, fraction, seed, args, train_data, cache: Path):
     if path.is_file():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     else:
-        train_steps(model, cfg, args.pretrain_steps, args.warmup_steps, train_data)
+        train_steps(model, cfg, args.pretrain_steps, args.warmup_steps, train_data, cfg.seed * 1000)
         cache.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
     return model.eval()
@@ -146,7 +116,7 @@ def run_seed(base, fraction, seed, args, data, out: Path) -> list[dict]:
     for start, model in (("converted", converted), ("deit", deit), ("scratch", scratch)):
         cfg = run_config(base, fraction, seed, twin=start == "deit")
         clock = time.perf_counter()
-        images = train_steps(model.train(), cfg, args.steps, args.warmup_steps, train_data, seed_offset=1)
+        images, _ = train_steps(model.train(), cfg, args.steps, args.warmup_steps, train_data, cfg.seed * 1000 + 1)
         val = evaluate(model, val_loader, torch.device("cpu"))
         row = {
             "start": start,

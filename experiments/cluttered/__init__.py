@@ -1,0 +1,1 @@
+"""Digits among clutter: ``python -m experiments.cluttered.run`` (see README.md)."""
