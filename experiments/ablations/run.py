@@ -205,12 +205,39 @@ def plot(summary: list[dict], out: Path, setting: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fractions", default="1.0,0.1")
-    p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--settings", default=",".join(SETTINGS))
-    p.add_argument("--steps", type=int, default=600, help="optimizer steps per run, for every fraction and setting")
-    p.add_argument("--warmup-steps", type=int, default=60)
-    p.add_argument("--out", default="out/ablations")
+    p.add_argument(
+        "--fractions",
+        default="1.0,0.1",
+        metavar="F,F,...",
+        help="training-set fractions, in (0, 1] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seeds",
+        default="0,1,2,3,4",
+        metavar="S,S,...",
+        help="seeds; each setting is paired with full by seed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--settings", default=",".join(SETTINGS), metavar="NAME,...", help="settings to run (default: %(default)s)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=600,
+        help="optimizer steps per run, for every fraction and setting (default: %(default)s)",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=60,
+        help="linear warm-up steps of the cosine schedule (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        default="out/ablations",
+        metavar="DIR",
+        help="folder for the results and figures (default: %(default)s)",
+    )
     p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
     p.add_argument("--overwrite", action="store_true", help="start again over OUT's previous results")
     add_recipe_flags(p, DEFAULT_CONFIG)

@@ -227,12 +227,39 @@ def plot_locality(locality: list[dict], out: Path) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fractions", default="0.05,0.1,0.3,0.5,1.0")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--models", default="convit,deit")
-    p.add_argument("--steps", type=int, default=800, help="optimizer steps per run, for every fraction")
-    p.add_argument("--warmup-steps", type=int, default=80)
-    p.add_argument("--out", default="out/data_efficiency")
+    p.add_argument(
+        "--fractions",
+        default="0.05,0.1,0.3,0.5,1.0",
+        metavar="F,F,...",
+        help="training-set fractions, in (0, 1] (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seeds",
+        default="0,1,2",
+        metavar="S,S,...",
+        help="seeds; ConViT and DeiT are paired by seed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--models",
+        default="convit,deit",
+        metavar="NAME,...",
+        help="models to train, of convit,deit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=800, help="optimizer steps per run, for every fraction (default: %(default)s)"
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=80,
+        help="linear warm-up steps of the cosine schedule (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        default="out/data_efficiency",
+        metavar="DIR",
+        help="folder for the results and figures (default: %(default)s)",
+    )
     p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
     p.add_argument("--overwrite", action="store_true", help="start again over OUT's previous results")
     add_recipe_flags(p, DEFAULT_CONFIG)
