@@ -19,3 +19,21 @@ def test_site_builds_strictly(tmp_path):
     api = (tmp_path / "site" / "api" / "index.html").read_text()
     for name in ("convit.attention.GPSA", "convit.weights.read_checkpoint", "convit.locality.nonlocality"):
         assert f'id="{name}"' in api, name  # the reference holds the public names, from their docstrings
+
+
+def test_readme_links_resolve():
+    """README is read on the code host, outside the site: each relative link names a file (and heading) that exists."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links
+    for link in links:
+        if link.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = link.partition("#")
+        assert (ROOT / path).exists(), link
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", (ROOT / path).read_text(), re.M)
+            slugs = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
+            assert anchor in slugs, link
