@@ -119,21 +119,65 @@ def spread(values: list[float]) -> str:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--timm-scripts", type=Path, metavar="DIR", help="folder holding timm's train.py and validate.py")
-    p.add_argument("--baseline", choices=["timm", "ours"], default="timm", help="what ours is compared with")
-    p.add_argument("--model", default="convit_tiny", metavar="NAME")
-    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="K=V", help="e.g. embed_dim=32 depth=2")
-    p.add_argument("--classes", type=int, default=3, metavar="N")
-    p.add_argument("--train-per-class", type=int, default=64, metavar="N")
-    p.add_argument("--val-per-class", type=int, default=16, metavar="N")
-    p.add_argument("--img-size", type=int, default=224, metavar="PX")
-    p.add_argument("--batch", type=int, default=32, metavar="N")
-    p.add_argument("--workers", type=int, default=2, metavar="N")
-    p.add_argument("--threads", type=int, default=2, metavar="N")
-    p.add_argument("--epochs", type=int, default=3, metavar="N", help="the long process's epochs (the short: 1)")
-    p.add_argument("--repeats", type=int, default=2, metavar="N")
-    p.add_argument("--locality-images", type=int, default=64, metavar="N", help="ours' per-epoch locality images")
-    p.add_argument("--device", default="cpu", metavar="DEV", help="timm's --device (ours picks its own)")
-    p.add_argument("--json", type=Path, metavar="FILE")
+    p.add_argument(
+        "--baseline", choices=["timm", "ours"], default="timm", help="what ours is compared with (default: %(default)s)"
+    )
+    p.add_argument(
+        "--model", default="convit_tiny", metavar="NAME", help="model both sides train (default: %(default)s)"
+    )
+    p.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default=[],
+        metavar="K=V",
+        help="model arguments, e.g. embed_dim=32 depth=2 (default: none)",
+    )
+    p.add_argument(
+        "--classes",
+        type=int,
+        default=3,
+        metavar="N",
+        help="classes of the generated ImageFolder (default: %(default)s)",
+    )
+    p.add_argument(
+        "--train-per-class", type=int, default=64, metavar="N", help="training images per class (default: %(default)s)"
+    )
+    p.add_argument(
+        "--val-per-class", type=int, default=16, metavar="N", help="validation images per class (default: %(default)s)"
+    )
+    p.add_argument(
+        "--img-size", type=int, default=224, metavar="PX", help="image side in pixels (default: %(default)s)"
+    )
+    p.add_argument("--batch", type=int, default=32, metavar="N", help="batch size of both sides (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="data loader workers (default: %(default)s)")
+    p.add_argument(
+        "--threads", type=int, default=2, metavar="N", help="torch CPU threads per process (default: %(default)s)"
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        metavar="N",
+        help="the long process's epochs, at least 2 (the short: 1) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        metavar="N",
+        help="interleaved repetitions of both sides (default: %(default)s)",
+    )
+    p.add_argument(
+        "--locality-images",
+        type=int,
+        default=64,
+        metavar="N",
+        help="ours' per-epoch locality images (default: %(default)s)",
+    )
+    p.add_argument(
+        "--device", default="cpu", metavar="DEV", help="timm's --device (ours picks its own) (default: %(default)s)"
+    )
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to this JSON file (default: none)")
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be at least 2 (the per-epoch cost is a difference with a 1-epoch process)")

@@ -61,8 +61,14 @@ def grid_form(layer: GPSA, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tens
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default: %(default)s)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=15,
+        metavar="N",
+        help="timed repetitions per form; medians are printed (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

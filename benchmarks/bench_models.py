@@ -327,18 +327,35 @@ def format_table(result: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="convit_tiny", choices=sorted(convit.VARIANTS))
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--runs", type=int, default=1, help="timing runs in this process; ratios get a spread")
+    parser.add_argument(
+        "--model", default="convit_tiny", choices=sorted(convit.VARIANTS), help="variant to time (default: %(default)s)"
+    )
+    parser.add_argument("--batch", type=int, default=16, metavar="N", help="batch size (default: %(default)s)")
+    parser.add_argument(
+        "--img-size", type=int, default=224, metavar="PX", help="image side, a multiple of 16 (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=7, metavar="N", help="interleaved timed repeats per run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, metavar="N", help="untimed calls before timing (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        metavar="DEV",
+        help="torch device (default: cuda where available, else cpu; here %(default)s)",
+    )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="timing runs in this process; ratios get a spread (default: %(default)s)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="time torch.compile'd models")
     parser.add_argument("--no-timm", action="store_true", help="leave timm's ConVit out (it is slow at 384)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    parser.add_argument("--json", default=None, help="write the figures to this JSON file")
+    parser.add_argument(
+        "--json", default=None, metavar="FILE", help="write the figures to this JSON file (default: none)"
+    )
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:

@@ -314,16 +314,20 @@ def grid_values(args: argparse.Namespace) -> tuple[list[float], list[int]]:
 
 def add_recipe_flags(p: argparse.ArgumentParser, default_config: Path) -> None:
     """--config and the model and recipe values the command line may override for every run."""
-    p.add_argument("--config", default=str(default_config), help="base recipe (any key of train.py's recipes)")
+    p.add_argument(
+        "--config",
+        default=str(default_config),
+        help="base recipe, a YAML file of train.py's keys (default: %(default)s)",
+    )
     for key in MODEL_FLAGS + CONFIG_FLAGS:
         p.add_argument(
             "--" + key.replace("_", "-"),
             dest=key,
             default=None,
             type=float if key == "lr" else int,
-            help=f"override the recipe's {key}",
+            help=f"override the recipe's {key} (default: the recipe's)",
         )
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
 
 
 def base_config(args: argparse.Namespace) -> Config:

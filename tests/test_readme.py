@@ -1,8 +1,8 @@
 """Every command README, docs/ and the experiments' write-ups show runs in a test, in its smallest form, so that README cannot drift from the code.
 
-`COVERED` maps each command of README's ```bash blocks to where it runs: a runner in this file (the
+`COVERED` maps each command of the pages' ```bash blocks to where it runs: a runner in this file (the
 smallest form: --epochs 1, a tiny model, a few generated images, two processes instead of eight), or
-the test elsewhere that runs it. A command added to README without an entry here fails
+the test elsewhere that runs it. A command added to a page without an entry here fails
 `test_every_readme_command_is_covered`.
 """
 
@@ -15,13 +15,18 @@ import torch
 from conftest import ROOT, TINY_MODEL, make_image_folder, run_module, run_script
 from PIL import Image
 
-README = (ROOT / "README.md").read_text()
 # every page whose commands must run: README, the docs and the experiments' write-ups
-PAGES = [
-    ROOT / "README.md",
-    *sorted((ROOT / "docs").rglob("*.md")),
-    *sorted((ROOT / "experiments").glob("*/README.md")),
-]
+# (docs/experiments/<name> are links to experiments/<name>, so the site shows the write-ups: each page once)
+PAGES = list(
+    dict.fromkeys(
+        p.resolve()
+        for p in [
+            ROOT / "README.md",
+            *sorted((ROOT / "docs").rglob("*.md")),
+            *sorted((ROOT / "experiments").glob("*/README.md")),
+        ]
+    )
+)
 FAST = ["--progress", "false", "--locality-images", "0", "--num-workers", "0"]
 DIGITS_TINY = ["--depth", "2", "--local-up-to-layer", "1", "--embed-dim", "32", *FAST]
 
@@ -45,8 +50,8 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits") / "digits"
-    proc = run_script("train.py", [*DIGITS_TINY, "--epochs", "1", "--output-dir", out])
+    out = tmp_path_factory.mktemp("digits") / "out" / "digits"  # the default run's out/digits, in a scratch folder
+    proc = run_script("train.py", [*DIGITS_TINY, "--epochs", "1", "--locality-images", "4", "--output-dir", out])
     assert proc.stdout.startswith("convit_tiny: ")
     return out
 
@@ -105,9 +110,25 @@ def run_eval_digits(digits_run):
     assert "(360 images)" in run_script("eval.py", ["--checkpoint", digits_run / "best.pth"]).stdout
 
 
+def run_locality_digits(digits_run):
+    """README's two locality commands on the default run's folder, literally but for the scratch folder's place
+    (in this process: `python -m convit.locality ARGS` is `convit.locality.__main__.main(ARGS)`)."""
+    from convit.locality import __main__ as command
+
+    scratch = str(digits_run.parent.parent) + "/"
+    pages = dict.fromkeys(readme_commands())
+    commands = [c for c in pages if c.startswith("python -m convit.locality") and "out/digits/" in c]
+    assert len(commands) == 2, commands
+    for line in commands:
+        args = line.replace("out/", scratch + "out/").split()[3:]
+        command.main([*args, "--num-images", "4", "--images", "0"] if "--checkpoint" in args else args)
+    assert (digits_run.parent / "locality" / "report.md").is_file()
+    Image.open(digits_run.parent / "locality" / "nonlocality_over_epochs.png").verify()
+
+
 def check_sbatch():
     script = (ROOT / "scripts" / "train.sbatch").read_text()
-    assert "```sh\n" + script + "```" in README  # README shows the file as it is
+    assert "```sh\n" + script + "```" in (ROOT / "docs" / "training.md").read_text()  # shown as it is
     subprocess.run(["bash", "-n", str(ROOT / "scripts" / "train.sbatch")], check=True)
 
 
@@ -193,10 +214,9 @@ COVERED = {
         ELSEWHERE,
         "tests/locality/test_command.py::test_readme_commands",
     ),
-    "python -m convit.locality --log out/train/log.jsonl --out out/locality": (
-        ELSEWHERE,
-        "tests/locality/test_command.py::test_readme_commands",
-    ),
+    "python -m convit.locality --checkpoint out/digits/best.pth --out out/locality": ("digits", None),
+    "python -m convit.locality --log out/digits/log.jsonl --out out/locality": ("digits", None),
+    "mkdocs build --strict --site-dir site": (ELSEWHERE, "tests/test_docs_site.py::test_site_builds_strictly"),
     "python -m convit.locality --log out/convit_digits/log.jsonl --out docs/figures/locality_digits/over_epochs": (
         ELSEWHERE,
         "tests/locality/test_command.py::test_readme_commands",
@@ -329,6 +349,7 @@ def test_slurm_example():
 
 def test_digits_commands(digits_run):
     run_eval_digits(digits_run)
+    run_locality_digits(digits_run)
 
 
 @pytest.mark.slow

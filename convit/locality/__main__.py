@@ -251,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--data", choices=["digits", "cluttered"], default="digits", help="built-in data set (default: digits)"
     )
-    parser.add_argument("--num-images", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-images", type=int, default=64, help="images measured (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     parser.add_argument(
         "--query",
         action="append",
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--images",
         default="1",
-        help="images to overlay attention on: N (the first N) or indices I,J (a single index: I,); 0 for none",
+        help="images to overlay attention on: N (the first N) or indices I,J (a single index: I,); 0 for none (default: 1)",
     )
     parser.add_argument("--ablate", action="store_true", help="also measure the top-1 drop when each head is zeroed")
     parser.add_argument(

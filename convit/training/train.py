@@ -1,6 +1,6 @@
 """Train a ConViT, on one process or many under torchrun.
 
-    convit-train (or python train.py in a clone)                   # configs/digits.yaml: CPU, about a minute
+    convit-train (or python train.py in a clone)                   # configs/digits.yaml, on a CPU
     python train.py --model convit_base --data-path /data/imagenet   # configs/in1k.yaml, the paper's recipe
     torchrun --nproc_per_node=8 train.py --config convit_small_in1k --data-path /data/imagenet
 

@@ -214,15 +214,11 @@ def describe(base, args) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fractions", default="0.1,0.3,1.0")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--models", default="convit,deit")
-    p.add_argument("--steps", type=int, default=400, help="optimizer steps per run, for every fraction")
-    p.add_argument("--warmup-steps", type=int, default=40)
-    p.add_argument("--checkpoints", type=int, default=10, help="dynamics measured this many times per run (+ step 0)")
-    p.add_argument("--out", default="out/cluttered")
-    p.add_argument("--resume", action="store_true", help="skip runs already in OUT/results.csv")
-    p.add_argument("--overwrite", action="store_true", help="start again over OUT's previous results")
+    harness.add_grid_flags(p, "0.1,0.3,1.0", "0,1,2", steps=400, warmup=40, out="out/cluttered")
+    p.add_argument("--models", default="convit,deit", help="convit, deit (its twin) or both; default: convit,deit")
+    p.add_argument(
+        "--checkpoints", type=int, default=10, help="dynamics measured this many times per run (+ step 0); default: 10"
+    )
     harness.add_recipe_flags(p, DEFAULT_CONFIG)
     p.set_defaults(config=str(DEFAULT_CONFIG))
     return p.parse_args(argv)

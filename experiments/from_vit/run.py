@@ -42,6 +42,7 @@ from convit.training.engine import (
 )
 from convit.variants import create_model
 from experiments.harness import (
+    add_grid_flags,
     add_recipe_flags,
     append_csv,
     base_config,
@@ -309,16 +310,12 @@ def plot(results, interventions, out: Path, setting: str, command: str) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fractions", default="0.1,1.0")
-    p.add_argument("--seeds", default="0,1,2,3,4")
-    p.add_argument("--pretrain-steps", type=int, default=600, help="optimizer steps of the DeiT twin")
-    p.add_argument("--steps", type=int, default=300, help="extra optimizer steps of every start")
-    p.add_argument("--warmup-steps", type=int, default=30)
-    p.add_argument("--gate", type=float, default=0.1, help="initial sigmoid of the converted model's gates")
-    p.add_argument("--out", default="out/from_vit")
-    p.add_argument("--cache", default="out/from_vit_twins", help="folder for the pretrained twins' weights")
-    p.add_argument("--resume", action="store_true", help="skip (fraction, seed) pairs already in OUT/results.csv")
-    p.add_argument("--overwrite", action="store_true", help="start again over OUT's previous results")
+    add_grid_flags(p, "0.1,1.0", "0,1,2,3,4", steps=300, warmup=30, out="out/from_vit")
+    p.add_argument("--pretrain-steps", type=int, default=600, help="optimizer steps of the DeiT twin; default: 600")
+    p.add_argument("--gate", type=float, default=0.1, help="initial sigmoid of the converted gates; default: 0.1")
+    p.add_argument(
+        "--cache", default="out/from_vit_twins", help="folder for the twins' weights; default: out/from_vit_twins"
+    )
     add_recipe_flags(p, DEFAULT_CONFIG)
     p.set_defaults(config=str(DEFAULT_CONFIG))
     return p.parse_args(argv)

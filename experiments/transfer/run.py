@@ -179,11 +179,28 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        metavar="S",
+        help="seeds of every run but the teacher's (default: 0 1 2)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        metavar="DIR",
+        help="folder for the runs and results (default: experiments/transfer/results)",
+    )
     parser.add_argument("--tiny", action="store_true", help="1 epoch per run: a smoke test of the pipeline")
     parser.add_argument(
-        "--parts", nargs="+", choices=PARTS, default=list(PARTS), help="run only these; OUT keeps the others' rows"
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="run only these; OUT keeps the others' rows (default: transfer distillation)",
     )
     parser.add_argument("--reuse-teacher", action="store_true", help="read OUT/runs/teacher instead of training it")
     args = parser.parse_args(argv)
