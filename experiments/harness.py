@@ -354,3 +354,33 @@ def describe(base: Config, steps: int, gpsa: str) -> str:
         f"depth {arch['depth']} ({gpsa}), {steps} steps x batch {base.batch_size}, AdamW lr "
         f"{base.lr * base.batch_size / base.lr_base_batch:.0e}, cosine; val 360 images"
     )
+
+
+def plot_accuracy_panel(ax, summary: list[dict], xlabel: str, title: str) -> None:
+    """Top-1 against the training fraction (log axis) of ConViT and its DeiT twin: mean line, ± std band."""
+    f = np.array([r["fraction"] for r in summary])
+    for m, label, color in (("convit", "ConViT", "C0"), ("deit", "DeiT twin (local_up_to_layer 0)", "C1")):
+        mean = np.array([r[f"{m}_mean"] for r in summary])
+        std = np.array([r[f"{m}_std"] for r in summary])
+        ax.plot(f, mean, "o-", color=color, label=label)
+        ax.fill_between(f, mean - std, mean + std, color=color, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xticks(f)
+    ax.set_xticklabels([f"{x:g}" for x in f])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def finish_gap_panel(bx, fractions, title: str, legend_size: int = 8) -> None:
+    """Axes, labels and legend of a ConViT − DeiT gap bar chart over the training fractions."""
+    bx.axhline(0, color="k", lw=0.8)
+    bx.set_xticks(np.arange(len(fractions)))
+    bx.set_xticklabels([f"{v:g}" for v in fractions])
+    bx.set_xlabel("fraction of training images per class")
+    bx.set_ylabel("ConViT − DeiT top-1 (points)")
+    bx.set_title(title, fontsize=9)
+    bx.grid(alpha=0.3, axis="y")
+    bx.legend(fontsize=legend_size)

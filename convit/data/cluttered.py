@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from ..errors import UserError
+from .digits import ShiftedImages
 
 CANVAS_SIZES = (32, 48)
 DIGIT_SIZE = 16  # the 8x8 digits upsampled 2x, as the digits task feeds them at its 16x16 size
@@ -123,27 +123,14 @@ def cluttered_split(
     return parts[0], parts[1]
 
 
-class ClutteredDataset(Dataset):
+class ClutteredDataset(ShiftedImages):
     """Canvases (N, 1, H, W) in [-1, 1] with labels, repeated to ``in_chans`` channels.
 
     Training images get a random shift of up to ``SHIFT`` pixels (one source pixel), as the digits do.
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, in_chans: int, train: bool):
-        self.images = images.float().expand(-1, in_chans, -1, -1).contiguous()
-        self.targets = targets.long().tolist()
-        self.train = train
-        self.shift = SHIFT
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, i):
-        x = self.images[i]
-        if self.train:
-            dx, dy = torch.randint(-self.shift, self.shift + 1, (2,)).tolist()
-            x = torch.roll(x, shifts=(dy, dx), dims=(1, 2))
-        return x, self.targets[i]
+        super().__init__(images, targets, in_chans, train, shift=SHIFT)
 
 
 def cluttered_datasets(img_size: int, in_chans: int, need_train: bool = True):

@@ -11,19 +11,15 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_CLASSES = [str(d) for d in range(10)]
 
 
-class DigitsDataset(Dataset):
-    """The 8x8 scikit-learn digits, scaled to [-1, 1] and resized to `img_size`, one channel.
+class ShiftedImages(Dataset):
+    """One-channel images in [-1, 1] repeated to ``in_chans`` channels, with labels; training images get a
+    random shift of up to ``shift`` pixels."""
 
-    Training images get a random shift of up to one original pixel.
-    """
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, img_size: int, in_chans: int, train: bool):
-        x = images.float().view(-1, 1, 8, 8) / 8.0 - 1.0
-        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
-        self.images = x.expand(-1, in_chans, -1, -1).contiguous()
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, in_chans: int, train: bool, shift: int):
+        self.images = images.float().expand(-1, in_chans, -1, -1).contiguous()
         self.targets = targets.long().tolist()
         self.train = train
-        self.shift = max(1, img_size // 8)
+        self.shift = shift
 
     def __len__(self):
         return len(self.targets)
@@ -34,6 +30,18 @@ class DigitsDataset(Dataset):
             dx, dy = torch.randint(-self.shift, self.shift + 1, (2,)).tolist()
             x = torch.roll(x, shifts=(dy, dx), dims=(1, 2))
         return x, self.targets[i]
+
+
+class DigitsDataset(ShiftedImages):
+    """The 8x8 scikit-learn digits, scaled to [-1, 1] and resized to `img_size`, one channel.
+
+    Training images get a random shift of up to one original pixel.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, img_size: int, in_chans: int, train: bool):
+        x = images.float().view(-1, 1, 8, 8) / 8.0 - 1.0
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
+        super().__init__(x, targets, in_chans, train, shift=max(1, img_size // 8))
 
 
 def digits_split():

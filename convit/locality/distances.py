@@ -155,10 +155,9 @@ def plot_distance_scatter(reports: Sequence[dict], labels: Sequence[str], path: 
     """The ViT paper's Fig. 7: mean attention distance (pixels) of every head against network depth (block),
     several models on one figure (one colour each, dots offset a little per model); the authors' measure, when
     present, as hollow markers of the same colour."""
-    import matplotlib
+    from .plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     width = 0.6 / max(len(reports), 1)

@@ -134,10 +134,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
 def plot_interventions(rows: Sequence[dict], path: str, title: str, footer: str) -> None:
     """Top-1 per intervention as horizontal bars (content only: blue, positional only: orange), the unchanged
     model as a dashed line; ``footer`` (date, machine, command) under the axes."""
-    import matplotlib
+    from .plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(rows) + 1.6))
     colours = {"": "0.5", 0: "C0", 1: "C1"}

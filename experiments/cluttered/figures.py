@@ -8,6 +8,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from convit.locality.plots import pyplot
+from experiments.harness import finish_gap_panel, plot_accuracy_panel
+
 
 def _num(x, fmt="{:.1f}") -> str:
     if x in (None, "") or (isinstance(x, float) and math.isnan(x)):
@@ -122,33 +125,17 @@ def summary_markdown(summary, locality, dynamics, digits, setting: str, val_imag
     return "\n".join(lines) + "\n"
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_accuracy(summary, digits, path, setting: str) -> None:
     """Top-1 vs fraction (mean ± std) and the gap beside the digits' and the paper's."""
-    plt = _plt()
+    plt = pyplot()
     f = np.array([r["fraction"] for r in summary])
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
-    for m, label, color in (("convit", "ConViT", "C0"), ("deit", "DeiT twin (local_up_to_layer 0)", "C1")):
-        mean = np.array([r[f"{m}_mean"] for r in summary])
-        std = np.array([r[f"{m}_std"] for r in summary])
-        ax.plot(f, mean, "o-", color=color, label=label)
-        ax.fill_between(f, mean - std, mean + std, color=color, alpha=0.2)
-    ax.set_xscale("log")
-    ax.set_xticks(f)
-    ax.set_xticklabels([f"{x:g}" for x in f])
-    ax.set_xlabel("fraction of training canvases per class")
-    ax.set_ylabel("validation top-1 (%)")
-    ax.set_title("cluttered digits, same number of steps per run (± std over seeds)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    plot_accuracy_panel(
+        ax,
+        summary,
+        "fraction of training canvases per class",
+        "cluttered digits, same number of steps per run (± std over seeds)",
+    )
     x = np.arange(len(f))
     gap = np.array([r["gap_mean"] for r in summary])
     err = np.array([[r["gap_mean"] - r["ci_low"] for r in summary], [r["ci_high"] - r["gap_mean"] for r in summary]])
@@ -165,14 +152,7 @@ def plot_accuracy(summary, digits, path, setting: str) -> None:
         label="digits (ours), ± std",
     )
     bx.bar(x + 0.27, paper, 0.27, color="0.6", label="paper (ImageNet, ConViT-S − DeiT-S)")
-    bx.axhline(0, color="k", lw=0.8)
-    bx.set_xticks(x)
-    bx.set_xticklabels([f"{v:g}" for v in f])
-    bx.set_xlabel("fraction of training images per class")
-    bx.set_ylabel("ConViT − DeiT top-1 (points)")
-    bx.set_title("gap, paired by seed", fontsize=9)
-    bx.grid(alpha=0.3, axis="y")
-    bx.legend(fontsize=7)
+    finish_gap_panel(bx, f, "gap, paired by seed", legend_size=7)
     fig.suptitle(setting, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -182,7 +162,7 @@ def plot_accuracy(summary, digits, path, setting: str) -> None:
 def plot_dynamics(dynamics, path, setting: str, grid: int) -> None:
     """Per fraction (columns): ConViT's gates, every block's non-locality (both models) and the GPSA content
     part's non-locality over training steps, mean over heads and seeds."""
-    plt = _plt()
+    plt = pyplot()
     gates = block_means(dynamics, "gate", ("model", "fraction", "step", "block"))
     nl = block_means(dynamics, "nonlocality", ("model", "fraction", "step", "block"))
     content = block_means(dynamics, "nonlocality_content", ("model", "fraction", "step", "block"))
@@ -229,7 +209,7 @@ def plot_dynamics(dynamics, path, setting: str, grid: int) -> None:
 def plot_samples(images, labels, path, caption: str, rows: int = 4, cols: int = 8, patch: int = 4) -> None:
     """The first rows x cols canvases as one mosaic (grey scale, -1 black to 1 white, the patch grid drawn
     as faint lines), each with its label above it."""
-    plt = _plt()
+    plt = pyplot()
     side, pad = images.shape[-1], 6
     mosaic = np.full((rows * (side + pad) + pad, cols * (side + 2) + 2), 0.2, dtype=np.float32)
     fig, ax = plt.subplots(figsize=(1.45 * cols, 1.5 * rows + 0.5))

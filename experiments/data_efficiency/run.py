@@ -41,12 +41,14 @@ from experiments.harness import (
     base_config,
     describe,
     digits_data,
+    finish_gap_panel,
     grid_values,
     locality_markdown,
     locality_rows,
     locality_table,
     mean_std,
     num,
+    plot_accuracy_panel,
     prepare_out,
     read_csv,
     run_grid,
@@ -159,19 +161,7 @@ def plot(summary: list[dict], out: Path, setting: str) -> None:
 
     f = np.array([r["fraction"] for r in summary])
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
-    for m, label, color in (("convit", "ConViT", "C0"), ("deit", "DeiT twin (local_up_to_layer 0)", "C1")):
-        mean = np.array([r[f"{m}_mean"] for r in summary])
-        std = np.array([r[f"{m}_std"] for r in summary])
-        ax.plot(f, mean, "o-", color=color, label=label)
-        ax.fill_between(f, mean - std, mean + std, color=color, alpha=0.2)
-    ax.set_xscale("log")
-    ax.set_xticks(f)
-    ax.set_xticklabels([f"{x:g}" for x in f])
-    ax.set_xlabel("fraction of training images per class")
-    ax.set_ylabel("validation top-1 (%)")
-    ax.set_title("digits, same number of steps per run", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    plot_accuracy_panel(ax, summary, "fraction of training images per class", "digits, same number of steps per run")
 
     gap = np.array([r["gap_mean"] for r in summary])
     gap_std = np.array([r["gap_std"] for r in summary])
@@ -179,14 +169,7 @@ def plot(summary: list[dict], out: Path, setting: str) -> None:
     x = np.arange(len(f))
     bx.bar(x - 0.2, gap, 0.4, yerr=gap_std, capsize=3, color="C0", label="ours (digits), ± std over seeds")
     bx.bar(x + 0.2, paper, 0.4, color="0.6", label="paper (ImageNet, ConViT-S − DeiT-S)")
-    bx.axhline(0, color="k", lw=0.8)
-    bx.set_xticks(x)
-    bx.set_xticklabels([f"{v:g}" for v in f])
-    bx.set_xlabel("fraction of training images per class")
-    bx.set_ylabel("ConViT − DeiT top-1 (points)")
-    bx.set_title("gap", fontsize=9)
-    bx.grid(alpha=0.3, axis="y")
-    bx.legend(fontsize=8)
+    finish_gap_panel(bx, f, "gap")
     fig.suptitle(setting, fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "data_efficiency.png", dpi=110)

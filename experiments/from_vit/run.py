@@ -34,6 +34,7 @@ import torch
 from convit.convert import from_vit
 from convit.errors import UserError, run_entry_point
 from convit.locality.interventions import footer, gate_interventions
+from convit.locality.plots import pyplot
 from convit.training.config import validate
 from convit.training.engine import (
     evaluate,
@@ -243,10 +244,7 @@ def markdown(summary, conversion, interventions, setting: str, command: str) -> 
 def plot(results, interventions, out: Path, setting: str, command: str) -> None:
     """Left: top-1 of each start, one line per seed joining its paired runs, per fraction. Right: top-1 change
     when every GPSA gate is forced to content / positional, converted and scratch ConViTs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fractions = sorted({float(r["fraction"]) for r in results})
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.4))
