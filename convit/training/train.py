@@ -51,6 +51,7 @@ from convit.training.engine import (
     train_one_epoch,
 )
 from convit.training.finetune import apply_freeze, load_source, read_source
+from convit.training.history import keep_history
 from convit.training.preemption import PREEMPTED_EXIT_CODE, Preempted, StopRequest
 from convit.training.run_folder import RunLock, check_inputs_apart, check_output_dir, clear_previous_run
 from convit.variants import create_model
@@ -317,6 +318,7 @@ def main(argv=None) -> None:
                 if best_epoch == epoch:
                     save_checkpoint(best_weights(last), out / "best.pth")
                 write_log(out, log)
+                keep_history(out, log, last, cfg.checkpoint_hist, cfg.save_every)
                 if writer is not None:
                     for key, value in row.items():
                         if isinstance(value, (int, float)) and key != "epoch":
