@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import NO_AUG, TINY_MODEL, fails_in_one_line, make_image_folder, run_script
+from conftest import fails_in_one_line, make_image_folder, read_log
+from doc_commands import page_commands, run_command
 
 from convit.data import DataError, build_datasets, build_loaders
 from convit.training.config import Config, ConfigError, validate
@@ -143,28 +144,26 @@ def test_bad_sources_fail_in_one_line(sources, tmp_path):
         )
 
 
-def test_train_and_evaluate_from_each_source(sources, tmp_path, capsys):
-    from convit.training import train
+def test_the_data_page_commands(sources, tmp_path, monkeypatch, capsys):
+    """docs/data.md, run as written from a folder holding its data: each source trains and evaluates."""
     from convit.training.evaluate import main, parse_args
 
-    runs = {
-        "hfds": ["--data", "hfds/colors", "--data-path", sources / "hf"],
-        "wds": ["--data", "wds/colors", "--data-path", sources / "shards", "--class-map", sources / "classes.txt"],
-        "torch": ["--data", "torch/mnist", "--data-path", sources / "mnist", "--val-split", "test"],
-    }
-    for name, data in runs.items():
-        out = tmp_path / name
-        train.main(
-            [str(a) for a in [*data, *TINY_MODEL, *NO_AUG, "--epochs", "1", "--batch-size", "4", "--output-dir", out]]
-        )
-        results = main(parse_args(["--checkpoint", str(out / "best.pth"), "--output", str(out / "r.json")]))
-        assert results["data"] == data[1] and results["val_images"] == (10 if name == "torch" else 21)
-        assert json.loads((out / "r.json").read_text())["data"] == data[1]
-    # two processes: every webdataset image counted once, the same numbers as one process
-    wds_ckpt = tmp_path / "wds" / "best.pth"
-    proc = run_script("eval.py", ["--checkpoint", wds_ckpt, "--output", tmp_path / "ddp.json"], nproc=2)
-    ddp = json.loads((tmp_path / "ddp.json").read_text())
-    single = json.loads((tmp_path / "wds" / "r.json").read_text())
-    assert ddp["world_size"] == 2 and ddp["val_images"] == 21, proc.stdout
-    assert abs(ddp["val_acc1"] - single["val_acc1"]) < 1e-6
-    fails_in_one_line(capsys, "eval.py", main, parse_args(["--checkpoint", str(wds_ckpt), "--val-split", "nope"]))
+    (tmp_path / "data").mkdir()
+    for name in ("hf", "shards", "mnist", "classes.txt"):
+        (tmp_path / "data" / name).symlink_to(sources / name)
+    monkeypatch.chdir(tmp_path)
+    commands = page_commands("data.md")
+    assert len(commands) == 5
+    results = {}
+    for command in commands:
+        results[command] = run_command(command, tmp_path)
+    hf = results["python eval.py --checkpoint out/hf/best.pth"]
+    assert hf["data"] == "hfds/colors" and hf["split"] == "validation" and hf["val_images"] == 21
+    for run, n in (("hf", 21), ("wds", 21), ("mnist", 10)):
+        (row,) = read_log(tmp_path / "out" / run)
+        assert row["val_images"] == n
+    # two processes read every webdataset image once: the same numbers as one process
+    single = main(parse_args(["--checkpoint", "out/wds/best.pth"]))
+    ddp = results[commands[3]].stdout
+    assert f"({single['val_images']} images of wds/colors)" in ddp and f"top-1 {single['val_acc1']:.2f}%" in ddp
+    fails_in_one_line(capsys, "eval.py", main, parse_args(["--checkpoint", "out/wds/best.pth", "--val-split", "no"]))

@@ -2,15 +2,21 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, fails_in_one_line
+from conftest import fails_in_one_line, read_log
+from doc_commands import page_commands, run_command
 from torch.utils.data import DataLoader, TensorDataset
 
 from convit.training.engine import evaluate
 from convit.training.eval_report import evaluate_confusion, per_class
 from convit.training.evaluate import main, parse_args
+from convit.training.history import kept_epochs
+from convit.training.history import main as history_main
+from convit.training.history import parse_args as history_args
+from convit.weights import read_checkpoint
 
 
 def test_confusion_and_per_class_match_sklearn_and_the_engine():
@@ -36,36 +42,47 @@ def test_confusion_and_per_class_match_sklearn_and_the_engine():
     assert rows[6]["images"] == 0 and rows[6]["recall"] != rows[6]["recall"]
 
 
-@pytest.fixture(scope="module")
-def run(folder, tmp_path_factory):
-    from convit.training import train
-
-    out = tmp_path_factory.mktemp("run")
-    args = ["--data-path", folder, *TINY_MODEL, "--epochs", "1", "--batch-size", "8", "--output-dir", out]
-    train.main([str(a) for a in args])
-    return out
-
-
-def test_a_run_folder_gives_one_row_per_checkpoint_and_a_report(run, tmp_path, capsys):
-    results = main(
-        parse_args(
-            ["--checkpoint", str(run), "--csv", str(tmp_path / "r.csv"), "--report-dir", str(tmp_path / "rep")]
-            + ["--output", str(tmp_path / "r.json"), "--crop-pct", "1.0", "--interpolation", "bilinear"]
-        )
-    )
-    assert [r["checkpoint"] for r in results] == [str(run / "best.pth"), str(run / "last.pth")]
-    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
-    assert [r["checkpoint"] for r in rows] == [str(run / "best.pth"), str(run / "last.pth")]
-    assert {r["data"] for r in rows} == {"imagefolder"} and rows[0]["crop_pct"] == "1.0"
-    assert float(rows[0]["val_acc1"]) == pytest.approx(results[0]["val_acc1"])
-    assert len(json.loads((tmp_path / "r.json").read_text())) == 2
-    folder = tmp_path / "rep" / f"{run.name}_best"
-    table = list(csv.reader(open(folder / "confusion.csv")))
+def test_the_evaluation_page_commands(folder, tmp_path, monkeypatch, capsys):
+    """docs/evaluation.md, run as written (the training command first) from a folder holding its images."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "images").symlink_to(folder)
+    monkeypatch.chdir(tmp_path)
+    commands = page_commands("evaluation.md")
+    assert len(commands) == 7
+    train_first = sorted(commands, key=lambda c: not c.startswith("python train.py"))
+    results = {c: run_command(c, tmp_path) for c in train_first}
+    run = tmp_path / "out" / "run"
+    kept = sorted(p.name for p in run.glob("epoch_*.pth"))
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert [Path(r["checkpoint"]).name for r in rows] == ["best.pth", *kept, "last.pth"]
+    assert {r["data"] for r in rows} == {"imagefolder"} and {r["val_images"] for r in rows} == {"21"}
+    report = tmp_path / "out" / "report" / "run_best"
+    table = list(csv.reader(open(report / "confusion.csv")))
     assert table[0] == ["true \\ predicted", "class_0", "class_1", "class_2"]
     assert sum(int(v) for row in table[1:] for v in row[1:]) == 21
-    assert (folder / "confusion.png").stat().st_size > 10_000
-    per = list(csv.DictReader(open(folder / "per_class.csv")))
+    assert (report / "confusion.png").stat().st_size > 10_000
+    per = list(csv.DictReader(open(report / "per_class.csv")))
     assert [int(r["images"]) for r in per] == [7, 7, 7]
+    best = json.loads((tmp_path / "out" / "best.json").read_text())
+    assert best["crop_pct"] == 1.0 and best["interpolation"] == "bilinear" and len(best["per_class"]) == 3
+    labels = list(csv.reader(open(tmp_path / "out" / "labels.csv")))
+    assert len(labels) == 22 and labels[0][:3] == ["file", "class_1", "prob_1"]
+    assert len(json.loads((tmp_path / "out" / "labels.json").read_text())) == 21
+    averaged = results["python eval.py --checkpoint out/run_avg.pth"]
+    assert averaged["val_images"] == 21
+    # the history: the best 2 epochs and every 3rd, and the average of the best 2 (the float64 mean)
+    log = read_log(run)
+    expected = kept_epochs(log, 2, 3)
+    assert kept == sorted(f"epoch_{e + 1}.pth" for e in expected) and 2 in expected
+    for e in expected:
+        assert read_checkpoint(run / f"epoch_{e + 1}.pth")["val_acc1"] == log[e]["val_acc1"]
+    best_two = sorted(expected, key=lambda e: (-log[e]["val_acc1"], e))[:2]
+    avg = read_checkpoint(tmp_path / "out" / "run_avg.pth")
+    assert sorted(Path(f).name for f in avg["averaged_from"]) == sorted(f"epoch_{e + 1}.pth" for e in best_two)
+    states = [read_checkpoint(run / f"epoch_{e + 1}.pth")["model"] for e in best_two]
+    for k, v in avg["model"].items():
+        torch.testing.assert_close(v, (sum(s[k].double() for s in states) / 2).float(), msg=k)
+    fails_in_one_line(capsys, "history", history_main, history_args([str(run), "--output", str(run / "epoch_3.pth")]))
     # never over an input; a folder without checkpoints
     fails_in_one_line(capsys, "eval.py", main, parse_args(["--checkpoint", str(run), "--csv", str(run / "last.pth")]))
-    fails_in_one_line(capsys, "eval.py", main, parse_args(["--checkpoint", str(tmp_path / "rep")]))
+    fails_in_one_line(capsys, "eval.py", main, parse_args(["--checkpoint", str(tmp_path / "out" / "report")]))

@@ -95,8 +95,8 @@ def select(files: list[Path], best: int | None) -> list[Path]:
         ckpt = read_checkpoint(f)
         if "val_acc1" not in ckpt:
             raise UserError(f"'{f}' records no val_acc1 to rank by; drop --best or pass train.py's checkpoints")
-        scored.append((-float(ckpt["val_acc1"]), str(f), f))
-    return [f for _, _, f in sorted(scored)[:best]]
+        scored.append((-float(ckpt["val_acc1"]), int(ckpt.get("epoch", 0)), str(f), f))
+    return [f for *_, f in sorted(scored)[:best]]
 
 
 def average_checkpoints(files: list[Path], use_ema: bool = False) -> dict:
