@@ -136,6 +136,33 @@ def predict(model, transform, files: list[Path], class_names, topk: int = 5, bat
     return rows
 
 
+def draw_overlays(model, transform, files: list[Path], rows: list[dict], out: Path) -> list[Path]:
+    """Each image's attention maps (every block and head, and their rollout) for its centre patch, titled
+    with the prediction; PNG files named after the images (their position first, so names never clash)."""
+    from .locality import attention_rollout, capture, plot_overlays
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for n, (f, row) in enumerate(zip(files, rows)):
+        image = transform(open_rgb(f))
+        captured = capture(model, image[None], per_image=True, parts=False)
+        rollout = attention_rollout(captured.maps)
+        rows_, cols = captured.grid_size
+        top = row["top"][0]
+        path = out / f"{n:04d}_{f.stem}.png"
+        plot_overlays(
+            image,
+            [maps[0] for maps in captured.maps],
+            [r[0] for r in rollout],
+            captured.grid_size,
+            [(rows_ // 2, cols // 2)],
+            str(path),
+            f"{f.name}: {top['class']} ({100 * top['prob']:.1f}%), attention of the boxed query patch",
+        )
+        written.append(path)
+    return written
+
+
 def write(rows: list[dict], fmt: str, stream) -> None:
     """CSV (file, class_1, prob_1, ..., class_k, prob_k) or JSON to ``stream``."""
     if fmt == "json":
@@ -160,6 +187,12 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass; default: 32")
     p.add_argument("--output", metavar="PATH", help="write here (.csv or .json); default: CSV on stdout")
     p.add_argument("--format", choices=("csv", "json"), help="default: from --output's suffix, else csv")
+    p.add_argument(
+        "--overlay-dir",
+        metavar="DIR",
+        help="also draw each image's attention (every head and the rollout, centre query patch) as "
+        "DIR/<image name>.png; default: none",
+    )
     return p.parse_args(argv)
 
 
@@ -177,9 +210,13 @@ def main(args) -> list[dict]:
             raise PredictError(f"--output '{out}' is a folder; name a file, e.g. {out / ('labels.' + fmt)}")
         if out.resolve() in {f.resolve() for f in files} | {Path(args.checkpoint).resolve()}:
             raise PredictError(f"--output '{out}' is one of the inputs; name another file")
+    if args.overlay_dir and Path(args.overlay_dir).exists() and not Path(args.overlay_dir).is_dir():
+        raise PredictError(f"--overlay-dir '{args.overlay_dir}' is a file; name a folder")
     check_images(files)
     model, transform, names = load(args)
     rows = predict(model, transform, files, names, args.topk, args.batch_size)
+    if args.overlay_dir:
+        draw_overlays(model, transform, files, rows, Path(args.overlay_dir))
     if args.output:
         with open(args.output, "w", newline="") as f:
             write(rows, fmt, f)

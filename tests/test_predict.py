@@ -70,3 +70,10 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(checkpoint, folder, tmp_p
     fails_in_one_line(
         capsys, "predict.py", main, parse_args([image, "--checkpoint", str(checkpoint), "--output", image])
     )
+
+
+def test_attention_overlay_per_image(checkpoint, folder, tmp_path):
+    image = folder / "val" / "class_2" / "003.jpg"
+    main(parse_args([str(image), "--checkpoint", str(checkpoint), "--overlay-dir", str(tmp_path / "ov")]))
+    (png,) = (tmp_path / "ov").iterdir()
+    assert png.name == "0000_003.png" and png.stat().st_size > 5_000

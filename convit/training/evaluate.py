@@ -127,10 +127,12 @@ def check_args(args) -> None:
     inputs = {p.resolve() for p in args.checkpoints}
     for flag, path in (("--output", args.output), ("--csv", args.csv)):
         if path and Path(path).is_dir():
-            suffix = "results.json" if flag == "--output" else "results.csv"
-            raise UserError(f"{flag} '{path}' is a folder; name a file, e.g. {Path(path) / suffix}")
+            kind, suffix = ("JSON", "results.json") if flag == "--output" else ("CSV", "results.csv")
+            raise UserError(f"{flag} '{path}' is a folder; name a {kind} file, e.g. {Path(path) / suffix}")
         if path and Path(path).resolve() in inputs:
-            raise UserError(f"{flag} '{path}' is a checkpoint being evaluated; name another file for the results")
+            raise UserError(
+                f"{flag} '{path}' is the checkpoint itself (one being evaluated); name another file for the results"
+            )
     if args.report_dir and Path(args.report_dir).exists() and not Path(args.report_dir).is_dir():
         raise UserError(f"--report-dir '{args.report_dir}' is a file; name a folder")
 
