@@ -238,9 +238,9 @@ def evaluate_one(args, checkpoint, dist) -> dict:
     }
     if dist.is_main:
         print(
-            f"{checkpoint or cfg.model}: top-1 {stats['val_acc1']:.2f}%  top-5 {stats['val_acc5']:.2f}%  "
-            f"mean class {results['val_mean_class_acc']:.2f}%  loss {stats['val_loss']:.4f}  "
-            f"({stats['val_images']} images of {cfg.data})",
+            f"{cfg.model if len(args.checkpoints) <= 1 else f'{checkpoint} ({cfg.model})'}: "
+            f"top-1 {stats['val_acc1']:.2f}%  top-5 {stats['val_acc5']:.2f}%  loss {stats['val_loss']:.4f}  "
+            f"({stats['val_images']} images)  mean class {results['val_mean_class_acc']:.2f}%  data {cfg.data}",
             flush=True,
         )
         if args.csv:
