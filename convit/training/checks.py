@@ -6,7 +6,6 @@ import difflib
 import math
 from pathlib import Path
 
-from ..data import source_problem
 from ..errors import first_line
 from .schema import CHOICES, DATA_NAMES, DATASETS, RANGES, STOP_SIGNALS, Config
 from .values import ConfigError, short
@@ -113,6 +112,8 @@ def check_data(data: str) -> None:
     if data in DATA_NAMES or data in DATASETS:
         return
     if "/" in str(data):
+        from ..data.factory import source_problem  # the data package only when a timm name is given
+
         problem = source_problem(str(data))
         if problem:
             raise ConfigError(f"data {problem}")
