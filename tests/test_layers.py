@@ -1,11 +1,12 @@
-"""The package's layers point one way: zoo <- data <- locality <- training; no private name crosses a module."""
+"""The package's layers point one way: zoo <- data <- locality <- training <- predict (an entry point's module);
+no private name crosses a module."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "convit"
 # each layer may import itself and the layers listed before it
-LAYERS = ("zoo", "data", "locality", "training")
+LAYERS = ("zoo", "data", "locality", "training", "predict")
 
 
 def layer(module: str) -> str:

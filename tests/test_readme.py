@@ -155,6 +155,8 @@ def check_ci_runs(*lines):
 
 ELSEWHERE = "runs elsewhere"
 CONVERGENCE = "tests/test_readme.py::test_convergence_and_dynamics_commands"
+DATA_PAGE = "tests/data/test_factory.py::test_the_data_page_commands"
+EVAL_PAGE = "tests/training/test_eval_report.py::test_the_evaluation_page_commands"
 COVERED = {
     "pip install torch==2.14.1 torchvision==0.29.1": ("ci", "pip install torch==2.14.1 torchvision==0.29.1"),
     'pip install -e ".[dev]"': ("ci", 'pip install -e ".[dev]"'),
@@ -165,6 +167,37 @@ COVERED = {
     "convit-train --epochs 1": (ELSEWHERE, "tests/test_wheel.py"),
     "convit-eval --checkpoint out/digits/best.pth": (ELSEWHERE, "tests/test_wheel.py"),
     "convit-locality --checkpoint out/digits/best.pth --out out/locality": (ELSEWHERE, "tests/test_wheel.py"),
+    # docs/data.md and docs/evaluation.md
+    "python train.py --data hfds/colors --data-path data/hf --output-dir out/hf": (ELSEWHERE, DATA_PAGE),
+    "python eval.py --checkpoint out/hf/best.pth": (ELSEWHERE, DATA_PAGE),
+    "python train.py --data wds/colors --data-path data/shards --class-map data/classes.txt --output-dir out/wds": (
+        ELSEWHERE,
+        DATA_PAGE,
+    ),
+    "torchrun --nproc_per_node=2 eval.py --checkpoint out/wds/best.pth": (ELSEWHERE, DATA_PAGE),
+    "python train.py --data torch/mnist --data-path data/mnist --val-split test --output-dir out/mnist": (
+        ELSEWHERE,
+        DATA_PAGE,
+    ),
+    "python eval.py --checkpoint out/run --csv out/results.csv --report-dir out/report": (ELSEWHERE, EVAL_PAGE),
+    "python eval.py --checkpoint out/run/best.pth --crop-pct 1.0 --interpolation bilinear --output out/best.json": (
+        ELSEWHERE,
+        EVAL_PAGE,
+    ),
+    "python predict.py --checkpoint out/run/best.pth data/images/val --topk 3 --output out/labels.csv": (
+        ELSEWHERE,
+        EVAL_PAGE,
+    ),
+    "python predict.py --checkpoint out/run/best.pth 'data/images/val/*/*.jpg' --output out/labels.json": (
+        ELSEWHERE,
+        EVAL_PAGE,
+    ),
+    "python train.py --data-path data/images --epochs 4 --checkpoint-hist 2 --save-every 3 --output-dir out/run": (
+        ELSEWHERE,
+        EVAL_PAGE,
+    ),
+    "python -m convit.training.history out/run --best 2 --output out/run_avg.pth": (ELSEWHERE, EVAL_PAGE),
+    "python eval.py --checkpoint out/run_avg.pth": (ELSEWHERE, EVAL_PAGE),
     "python train.py": ("digits", None),
     "python train.py --model convit_base --data-path /data/imagenet --epochs 1": ("base", []),
     "python train.py --config configs/in1k.yaml --model convit_base --data-path /data/imagenet --epochs 1": (

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 
 from .cluttered import cluttered_datasets
 from .digits import DIGITS_CLASSES, DigitsDataset, digits_split, digits_subset
+from .factory import RankStride, is_iterable, is_timm_source, timm_datasets
 from .folders import DataError, class_balanced_subset, image_folder
 from .transfer import transfer_datasets
 from .transforms import imagenet_transforms
@@ -47,7 +48,9 @@ def build_datasets(cfg, need_train: bool = True):
                 f"ImageFolder images are RGB (3 channels) but the model takes in_chans={in_chans}; "
                 "use a recipe for RGB data (e.g. --config in1k) or --in-chans 3"
             )
-    if cfg.data not in ("digits", "imagefolder", "cluttered"):
+    if is_timm_source(cfg.data):
+        train, val, class_names = timm_datasets(cfg, need_train)
+    elif cfg.data not in ("digits", "imagefolder", "cluttered"):
         train, val, class_names = transfer_datasets(cfg, need_train)
     elif cfg.data == "imagefolder":
         if not os.path.isdir(cfg.data_path):
@@ -60,6 +63,8 @@ def build_datasets(cfg, need_train: bool = True):
         if train is not None and train.classes != val.classes:
             raise DataError(f"train/ and val/ under '{cfg.data_path}' have different class folders")
     if train is not None and cfg.sampling_ratio < 1.0:
+        if is_iterable(train):
+            raise DataError(f"sampling_ratio < 1 needs indexed data; {cfg.data} is a stream of shards")
         targets = train.targets
         train = Subset(train, class_balanced_subset(targets, cfg.sampling_ratio, cfg.seed))
         train.targets = [targets[i] for i in train.indices]
@@ -128,9 +133,29 @@ class EpochSeeded(Dataset):
         return self.dataset[index]
 
 
-def shard(dataset, rank: int, world_size: int) -> Subset:
-    """Images rank, rank + world_size, ...: every image on exactly one rank, no padding."""
+def shard(dataset, rank: int, world_size: int):
+    """Images rank, rank + world_size, ...: every image on exactly one rank, no padding (streams too)."""
+    if is_iterable(dataset):
+        return RankStride(dataset, rank, world_size)
     return Subset(dataset, range(rank, len(dataset), world_size))
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Seed the epoch's order: the sampler's, or a stream's shard shuffle."""
+    target = loader.dataset if is_iterable(loader.dataset) else loader.sampler
+    target.set_epoch(epoch)
+
+
+def first_images(dataset, count: int) -> list:
+    """The first ``count`` (image, label) pairs of an indexed dataset or a stream (fewer if it is shorter)."""
+    if is_iterable(dataset):
+        items = []
+        for item in dataset:
+            if len(items) == count:
+                break
+            items.append(item)
+        return items
+    return [dataset[i] for i in range(min(count, len(dataset)))]
 
 
 @dataclass
@@ -157,7 +182,9 @@ def build_loaders(
     workers = cfg.num_workers > 0
     common = dict(num_workers=cfg.num_workers, pin_memory=pin_memory, persistent_workers=workers)
     train_loader = None
-    if train is not None:
+    if train is not None and is_iterable(train):  # shards: split by rank and worker, shuffled per epoch by timm
+        train_loader = DataLoader(train, batch_size=cfg.batch_size, drop_last=True, **common)
+    elif train is not None:
         sampler = train_sampler(train, cfg, rank, world_size)
         n_per_rank = len(sampler)
         if n_per_rank < cfg.batch_size:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ..errors import first_line
-from .schema import CHOICES, DATASETS, RANGES, STOP_SIGNALS, Config
+from .schema import CHOICES, DATA_NAMES, DATASETS, RANGES, STOP_SIGNALS, Config
 from .values import ConfigError, short
 
 
@@ -31,8 +31,16 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {short(getattr(cfg, name))}")
     for name in RANGES:
         check_range(name, getattr(cfg, name))
+    check_data(cfg.data)
     if cfg.data == "auto":
         cfg.data = "imagefolder" if cfg.data_path else "digits"
+    if cfg.class_map is not None:
+        if "/" not in cfg.data:
+            raise ConfigError(f"--class-map applies to timm datasets (hfds/, wds/, torch/), not data '{cfg.data}'")
+        if not Path(cfg.class_map).is_file():
+            raise ConfigError(f"--class-map '{cfg.class_map}' not found; pass a text file, one class name per line")
+    if "/" in cfg.data and cfg.data.partition("/")[0].lower() in ("wds", "torch") and not cfg.data_path:
+        raise ConfigError(f"data '{cfg.data}' needs --data-path DIR (the folder holding its files)")
     if cfg.data == "imagefolder" and not cfg.data_path:
         raise ConfigError("data 'imagefolder' needs --data-path DIR (a folder with train/ and val/)")
     if cfg.data in DATASETS and not cfg.data_path:
@@ -97,6 +105,25 @@ def validate(cfg: Config) -> Config:
     if cfg.resume is not None and cfg.overwrite:
         raise ConfigError("--resume continues a run and --overwrite replaces it; pass one of them")
     return cfg
+
+
+def check_data(data: str) -> None:
+    """A ConfigError unless ``data`` names a dataset: a fixed name, a transfer set or timm's PREFIX/NAME."""
+    if data in DATA_NAMES or data in DATASETS:
+        return
+    if "/" in str(data):
+        from ..data.factory import source_problem  # the data package only when a timm name is given
+
+        problem = source_problem(str(data))
+        if problem:
+            raise ConfigError(f"data {problem}")
+        return
+    close = difflib.get_close_matches(str(data), [*DATA_NAMES, *DATASETS], n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ConfigError(
+        f"unknown data {short(data)}; {hint}use one of {', '.join((*DATA_NAMES, *DATASETS))}, or a timm dataset "
+        "hfds/NAME, wds/NAME, torch/NAME"
+    )
 
 
 def check_auto_augment(aa: str | None) -> None:

@@ -11,6 +11,12 @@ import math
 import typing
 from dataclasses import dataclass
 
+DATA_NAMES = (
+    "auto",
+    "digits",
+    "cluttered",
+    "imagefolder",
+)  # besides DATASETS and timm's PREFIX/NAME (convit/data/factory.py)
 # transfer datasets read from local files (convit/data/transfer.py), never downloaded
 DATASETS = ("cifar10", "cifar100", "flowers102", "stanford_cars", "inat2018", "inat2019")
 STOP_SIGNALS = ("TERM", "INT", "USR1", "USR2")
@@ -33,12 +39,17 @@ class Config:
     # data
     data: str = key(
         "auto",
-        "dataset: digits, cluttered (digits placed among fragments), imagefolder, a transfer dataset, or auto "
-        "(imagefolder with --data-path, else digits)",
+        "dataset: digits, cluttered (digits placed among fragments), imagefolder, a transfer dataset ("
+        + ", ".join(DATASETS)
+        + "), a timm dataset (hfds/NAME, wds/NAME, torch/NAME), or auto (imagefolder with --data-path, else digits)",
         "data",
-        choices=("auto", "digits", "cluttered", "imagefolder", *DATASETS),
     )
-    data_path: str | None = key(None, "ImageFolder root with train/ and val/, or a transfer dataset's folder", "data")
+    data_path: str | None = key(
+        None, "ImageFolder root with train/ and val/, a transfer dataset's folder, or a timm dataset's root", "data"
+    )
+    train_split: str = key("train", "timm datasets: the training split (a webdataset split may be 'PATTERN|N')", "data")
+    val_split: str = key("validation", "timm datasets: the evaluation split", "data")
+    class_map: str | None = key(None, "timm datasets: a text file of class names, one per line, in label order", "data")
     digits_classes: list[int] | None = key(None, "digits only: keep these digits, relabelled 0..k-1 (e.g. 3,8)", "data")
     sampling_ratio: float = key(
         1.0, "keep this class-balanced fraction of the training images", "data", range=(0, 1, False, True)
@@ -138,6 +149,13 @@ class Config:
     stop_signals: str = key(
         "TERM,INT,USR1", "signals that stop the run after the current step (TERM, INT, USR1, USR2)", "run"
     )
+    checkpoint_hist: int | None = key(
+        None,
+        "also keep the best K epochs by validation top-1 as epoch_N.pth (none: only last.pth and best.pth)",
+        "run",
+        range=(1, INF, True, False),
+    )
+    save_every: int = key(0, "also keep every N-th epoch as epoch_N.pth (0: off)", "run", range=(0, INF, True, False))
     compile: bool = key(False, "torch.compile the model for training", "run")
     grad_checkpointing: bool = key(False, "recompute each block's activations in the backward pass", "run")
     # fine-tuning and transfer (convit/training/finetune.py)

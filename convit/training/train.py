@@ -21,7 +21,7 @@ import torch
 from timm.utils import ModelEmaV3, NativeScaler
 from torch.nn.parallel import DistributedDataParallel
 
-from convit.data import build_loaders, input_channels
+from convit.data import build_loaders, first_images, input_channels, set_epoch
 from convit.errors import run_entry_point
 from convit.locality import epoch_locality
 from convit.training.checkpoint import (
@@ -51,6 +51,7 @@ from convit.training.engine import (
     train_one_epoch,
 )
 from convit.training.finetune import apply_freeze, load_source, read_source
+from convit.training.history import keep_history
 from convit.training.preemption import PREEMPTED_EXIT_CODE, Preempted, StopRequest
 from convit.training.run_folder import RunLock, check_inputs_apart, check_output_dir, clear_previous_run
 from convit.variants import create_model
@@ -231,16 +232,14 @@ def main(argv=None) -> None:
     # a fixed batch of validation images on which rank 0 logs the locality measures every epoch
     locality_images = None
     if dist.is_main and cfg.locality_images > 0:
-        val_set = loaders.val.dataset
-        count = min(cfg.locality_images, len(val_set))
-        locality_images = torch.stack([val_set[i][0] for i in range(count)]).to(device)
+        locality_images = torch.stack([x for x, _ in first_images(loaders.val.dataset, cfg.locality_images)]).to(device)
 
     stop = StopRequest(cfg.stop_signals).install()
     try:
         end_epoch = min(epochs, start_epoch + cfg.stop_after) if cfg.stop_after else epochs
         for epoch in range(start_epoch, end_epoch):
             # every epoch's randomness depends only on (seed, epoch, rank): resuming replays it exactly
-            loaders.train.sampler.set_epoch(epoch)
+            set_epoch(loaders.train, epoch)
             seed_everything(cfg.seed + 100_003 * (epoch + 1) + dist.rank)
             train_stats = train_one_epoch(
                 ddp_model,
@@ -319,6 +318,7 @@ def main(argv=None) -> None:
                 if best_epoch == epoch:
                     save_checkpoint(best_weights(last), out / "best.pth")
                 write_log(out, log)
+                keep_history(out, log, last, cfg.checkpoint_hist, cfg.save_every)
                 if writer is not None:
                     for key, value in row.items():
                         if isinstance(value, (int, float)) and key != "epoch":
