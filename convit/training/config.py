@@ -85,6 +85,7 @@ class Config:
     num_repeats: int = 3
     model_ema: bool = False
     model_ema_decay: float = 0.99996
+    model_ema_eval_interval: int = 1  # evaluate the EMA weights every N epochs and at the last (1: every epoch)
     # run
     seed: int = 0
     amp: bool = True  # autocast on CUDA (fp32 on CPU, always)
@@ -174,6 +175,7 @@ RANGES = {
     "smoothing": (0, 1, True, False),
     "num_repeats": (1, math.inf, True, False),
     "model_ema_decay": (0, 1, False, False),
+    "model_ema_eval_interval": (1, math.inf, True, False),
     "stop_after": (0, math.inf, True, False),
     "log_interval": (1, math.inf, True, False),
     "locality_images": (0, math.inf, True, False),
