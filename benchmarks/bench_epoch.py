@@ -2,6 +2,7 @@
 
     python benchmarks/bench_epoch.py --timm-scripts DIR      # DIR holds timm's train.py and validate.py
     python benchmarks/bench_epoch.py --baseline ours         # ours against ours: the machine's noise
+    python benchmarks/bench_epoch.py --timm-scripts DIR --task digits --epochs 6   # our default run
 
 Both sides train the same model (timm's scripts run after ``import convit``, so ``convit_tiny`` is ours)
 with batch --batch, AdamW, a cosine schedule, label smoothing 0.1, --workers loader processes and
@@ -10,6 +11,10 @@ sides interleaved in every repetition:
   per epoch      (time of an --epochs process - time of a 1-epoch process) / (--epochs - 1): start-up cancels
   step img/s     the step loop's own rate, per epoch (our log.jsonl; timm's last line of each epoch)
   eval per image (time on the training folder - time on the val folder) / (difference in images)
+With --task digits, ours is the default run (configs/digits.yaml) and timm's train.py reads the same digits
+split written as 16x16 grayscale PNG files, with the same model, batch, optimizer and schedule, no
+augmentation and no loader workers (ours shifts each image by up to one pixel); the evaluation is left
+out there (ours reads the digits from memory, so no folder of two sizes is shared).
 Prints ours/baseline for each, median and range over the repetitions.
 """
 
@@ -48,6 +53,41 @@ def make_folder(root: Path, classes: int, train_per_class: int, val_per_class: i
         (root / "as_val" / "val").symlink_to(root / "train")
 
 
+def make_digits_folder(root: Path) -> int:
+    """Our digits split (the default run's data) as 16x16 grayscale PNG files, as timm's train.py reads them;
+    returns the number of classes."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from convit.data import DIGITS_CLASSES, digits_split
+
+    for split, (X, y) in zip(("train", "val"), digits_split()):
+        x = F.interpolate(X.float().view(-1, 1, 8, 8) / 16.0, size=(16, 16), mode="bilinear", align_corners=False)
+        pixels = (x[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        for i, (image, label) in enumerate(zip(pixels, y.tolist())):
+            folder = root / split / DIGITS_CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(image), mode="L").save(folder / f"{i:04d}.png")
+    return len(DIGITS_CLASSES)
+
+
+# configs/digits.yaml's run, as timm's train.py takes it (lr: 0.008 x 64 / 512)
+DIGITS_MODEL_KWARGS = {
+    "img_size": 16,
+    "patch_size": 4,
+    "embed_dim": 96,
+    "num_heads": 4,
+    "depth": 6,
+    "local_up_to_layer": 4,
+}
+DIGITS_TIMM_ARGS = ["--in-chans", "1", "--img-size", "16", "--num-classes", "10", "--batch-size", "64"]
+DIGITS_TIMM_ARGS += ["--lr", "1e-3", "--warmup-epochs", "2", "--warmup-lr", "1e-6", "--min-lr", "1e-5"]
+DIGITS_TIMM_ARGS += ["--smoothing", "0", "--drop-path", "0", "--workers", "0", "--no-aug", "--crop-pct", "1.0"]
+DIGITS_TIMM_ARGS += ["--interpolation", "bilinear", "--mean", "0.5", "--std", "0.5"]
+
+
 def timm_step_rates(text: str) -> list[float]:
     """Images per second of timm's step loop, one per epoch (the average its 100 % line reports)."""
     return [float(m.group(3)) for m in TIMM_STEP.finditer(text)]
@@ -62,11 +102,19 @@ class Side:
     def _python(self, script: Path, argv: list[str]) -> list[str]:
         if self.name == "ours":
             return [sys.executable, str(script), *argv]
-        code = "import convit, runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+        # after `import convit`, timm's registry builds our model under this name: checked before the script runs
+        code = (
+            "import convit, runpy, sys, timm; sys.argv = sys.argv[1:]; "
+            f"entry = timm.models.model_entrypoint({self.args.model!r}); "
+            "assert entry.__module__.split('.')[0] == 'convit', f'timm builds {entry.__module__}, not ours'; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')"
+        )
         return [sys.executable, "-c", code, str(script), *argv]
 
     def train(self, data: Path, epochs: int, out: Path) -> list[str]:
         a = self.args
+        if a.task == "digits":
+            return self.train_digits(data, epochs, out)
         if self.name == "ours":
             kw = [f"--{k.replace('_', '-')}={v}" for k, v in self.model_kwargs.items()]
             argv = ["--config", "in1k", "--data-path", str(data), "--model", a.model, "--img-size", str(a.img_size)]
@@ -82,6 +130,17 @@ class Side:
         argv += ["--epochs", str(epochs), "--warmup-epochs", "0", "--smoothing", "0.1", "--drop-path", "0.1"]
         argv += ["--workers", str(a.workers), "--output", str(out), "--experiment", "run", "--color-jitter", "0.4"]
         argv += ["--device", a.device] + (["--amp", "--amp-dtype", "bfloat16"] if a.device.startswith("cuda") else [])
+        return self._python(self.timm_dir / "train.py", argv + kw)
+
+    def train_digits(self, data: Path, epochs: int, out: Path) -> list[str]:
+        a = self.args
+        if self.name == "ours":  # the default recipe: only what a benchmark must set
+            argv = ["--epochs", str(epochs), "--output-dir", str(out), "--overwrite", "true", "--progress", "false"]
+            return self._python(ROOT / "train.py", argv + ["--locality-images", str(a.locality_images)])
+        kw = ["--model-kwargs", *(f"{k}={v}" for k, v in DIGITS_MODEL_KWARGS.items())]
+        argv = ["--data-dir", str(data), "--train-split", "train", "--val-split", "val", "--model", a.model]
+        argv += ["--opt", "adamw", "--weight-decay", "0.05", "--sched", "cosine", "--epochs", str(epochs)]
+        argv += ["--output", str(out), "--experiment", "run", "--device", a.device, *DIGITS_TIMM_ARGS]
         return self._python(self.timm_dir / "train.py", argv + kw)
 
     def eval(self, data: Path, checkpoint: Path) -> list[str]:
@@ -113,6 +172,8 @@ def timed(cmd: list[str], env: dict) -> tuple[float, str]:
 
 
 def spread(values: list[float]) -> str:
+    if not values:
+        return "not measured"
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}, n={len(values)})"
 
 
@@ -121,6 +182,13 @@ def main(argv=None) -> dict:
     p.add_argument("--timm-scripts", type=Path, metavar="DIR", help="folder holding timm's train.py and validate.py")
     p.add_argument(
         "--baseline", choices=["timm", "ours"], default="timm", help="what ours is compared with (default: %(default)s)"
+    )
+    p.add_argument(
+        "--task",
+        choices=["imagefolder", "digits"],
+        default="imagefolder",
+        help="a generated ImageFolder (the options below), or our default run on the digits beside timm's "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--model", default="convit_tiny", metavar="NAME", help="model both sides train (default: %(default)s)"
@@ -195,7 +263,10 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = tmp / "data"
-        make_folder(data, args.classes, args.train_per_class, args.val_per_class, args.img_size)
+        if args.task == "digits":
+            make_digits_folder(data)
+        else:
+            make_folder(data, args.classes, args.train_per_class, args.val_per_class, args.img_size)
         n_small, n_big = args.classes * args.val_per_class, args.classes * args.train_per_class
         for rep in range(args.repeats):
             order = [("ours", ours), ("base", base)] if rep % 2 == 0 else [("base", base), ("ours", ours)]
@@ -208,15 +279,21 @@ def main(argv=None) -> dict:
                         t[key, "rates"] = side.step_rates(out if side.name == "ours" else out / "run", text)
                         t[key, "ckpt"] = out / "last.pth" if side.name == "ours" else out / "run" / "last.pth.tar"
             # the same checkpoint (ours) for both evaluations
-            for folder, n in ((data, n_small), (data / "as_val", n_big)):
+            for folder, n in ((data, n_small), (data / "as_val", n_big)) if args.task == "imagefolder" else ():
                 for key, side in order:
                     t[key, "eval", n], _ = timed(side.eval(folder, t["ours", "ckpt"]), env)
             per_epoch = {k: (t[k, args.epochs] - t[k, 1]) / (args.epochs - 1) for k in ("ours", "base")}
-            per_image = {k: (t[k, "eval", n_big] - t[k, "eval", n_small]) / (n_big - n_small) for k in ("ours", "base")}
+            per_image = {
+                k: (t[k, "eval", n_big] - t[k, "eval", n_small]) / (n_big - n_small)
+                if args.task == "imagefolder"
+                else None
+                for k in ("ours", "base")
+            }
             rate = {k: statistics.median(t[k, "rates"]) for k in ("ours", "base")}
             ratios["per_epoch"].append(per_epoch["ours"] / per_epoch["base"])
             ratios["step_images_per_s"].append(rate["ours"] / rate["base"])
-            ratios["eval_per_image"].append(per_image["ours"] / per_image["base"])
+            if args.task == "imagefolder":
+                ratios["eval_per_image"].append(per_image["ours"] / per_image["base"])
             raw.append(
                 {
                     "per_epoch_s": per_epoch,
@@ -228,7 +305,7 @@ def main(argv=None) -> dict:
             print(f"repetition {rep + 1}: " + json.dumps(raw[-1]), flush=True)
     one_process = [r["one_epoch_process_s"]["ours"] / r["one_epoch_process_s"]["base"] for r in raw]
     label = f"ours/{args.baseline}"
-    print(f"{label}, {args.threads} thread(s), median (min-max, n) over repetitions:")
+    print(f"{label}, {args.task}, {args.threads} thread(s), median (min-max, n) over repetitions:")
     print(f"  per epoch            {spread(ratios['per_epoch'])}")
     print(f"  1-epoch process      {spread(one_process)}")
     print(f"  step loop img/s      {spread(ratios['step_images_per_s'])}   (above 1: ours faster)")

@@ -1,6 +1,7 @@
 """The benchmark script runs end to end on a tiny configuration (it measures, it asserts no speed)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -181,3 +182,37 @@ def test_epoch_benchmark_reads_timms_step_rate_and_needs_its_scripts(tmp_path):
         timeout=120,
     )
     assert done.returncode == 2 and "holding timm's train.py and validate.py" in done.stderr
+
+
+def test_timm_side_builds_our_model(tmp_path):
+    """timm's scripts run after `import convit`: timm.create_model then builds our ConViT, and the launcher
+    refuses to run the script otherwise."""
+    import argparse
+
+    bench = _bench_epoch()
+    script = tmp_path / "show.py"
+    script.write_text("import timm\nprint(type(timm.create_model('convit_tiny', num_classes=3)).__module__)\n")
+    args = argparse.Namespace(model="convit_tiny")
+    cmd = bench.Side("timm", args, {}, tmp_path)._python(script, [])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "convit.model"
+
+
+def test_digits_task_writes_our_split_as_pngs(tmp_path):
+    """--task digits: timm's train.py reads the default run's digits split, as 16x16 grayscale PNG files."""
+    from PIL import Image
+
+    from convit.training.data import digits_split
+
+    bench = _bench_epoch()
+    assert bench.make_digits_folder(tmp_path) == 10
+    (_, y_train), (_, y_val) = digits_split()
+    for split, y in (("train", y_train), ("val", y_val)):
+        files = sorted((tmp_path / split).glob("*/*.png"))
+        assert len(files) == len(y) and len({f.parent.name for f in files}) == 10
+        counts = {d: sum(1 for f in files if f.parent.name == str(d)) for d in range(10)}
+        assert counts == {d: int((y == d).sum()) for d in range(10)}
+    with Image.open(files[0]) as image:
+        assert image.mode == "L" and image.size == (16, 16)

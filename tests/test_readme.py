@@ -311,6 +311,10 @@ COVERED = {
         ELSEWHERE,
         "tests/test_bench.py::test_epoch_benchmark_runs_its_smallest_form",
     ),
+    "python benchmarks/bench_epoch.py --timm-scripts timm_scripts --task digits --epochs 8 --threads 2 --repeats 3": (
+        ELSEWHERE,
+        "tests/test_bench.py::test_digits_task_writes_our_split_as_pngs",
+    ),
     "python benchmarks/bench_epoch.py --baseline ours --repeats 3": (
         ELSEWHERE,
         "tests/test_bench.py::test_epoch_benchmark_runs_its_smallest_form",

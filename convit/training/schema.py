@@ -125,6 +125,9 @@ class Config:
     repeated_aug: bool = key(False, "repeated augmentation (DeiT's RASampler)", "augmentation")
     num_repeats: int = key(3, "repeats of each image with repeated_aug", "augmentation", range=(1, INF, True, False))
     model_ema: bool = key(False, "keep an exponential moving average of the weights and evaluate it", "augmentation")
+    model_ema_eval_interval: int = key(
+        1, "evaluate the weight average every N epochs, and after the last", "augmentation", range=(1, INF, True, False)
+    )
     model_ema_decay: float = key(0.99996, "decay of the weight average", "augmentation", range=(0, 1, False, False))
     # run
     seed: int = key(
