@@ -13,7 +13,11 @@ SHRINK = [*TINY_MODEL, *NO_AUG, "--epochs", "1", "--batch-size", "4"]
 
 def page_commands(page: str) -> list[str]:
     """The ```bash commands of ``docs/<page>``, continuation lines joined, comments dropped."""
-    text = (ROOT / "docs" / page).read_text()
+    return bash_commands((ROOT / "docs" / page).read_text())
+
+
+def bash_commands(text: str) -> list[str]:
+    """The commands of the ```bash blocks of a markdown text: continuation lines joined, comments dropped."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():

@@ -6,13 +6,13 @@ the test elsewhere that runs it. A command added to a page without an entry here
 `test_every_readme_command_is_covered`.
 """
 
-import re
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import ROOT, TINY_MODEL, make_image_folder, run_module, run_script
+from doc_commands import bash_commands
 from PIL import Image
 
 # every page whose commands must run: README, the docs and the experiments' write-ups
@@ -33,14 +33,7 @@ DIGITS_TINY = ["--depth", "2", "--local-up-to-layer", "1", "--embed-dim", "32", 
 
 def readme_commands() -> list[str]:
     """The commands of every page's ```bash blocks: continuation lines joined, comments dropped."""
-    commands = []
-    text = "\n".join(page.read_text() for page in PAGES)
-    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = re.sub(r"\s+#.*$", "", line).strip()
-            if line and not line.startswith("#"):
-                commands.append(re.sub(r"\s+", " ", line))
-    return commands
+    return bash_commands("\n".join(page.read_text() for page in PAGES))
 
 
 @pytest.fixture(scope="module")

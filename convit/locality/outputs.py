@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 from torch import nn
 
-# ---------------------------------------------------------------------------------------------- inputs
 from . import distances, interventions
 
 COLUMNS = [

@@ -336,14 +336,17 @@ def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp_dtype=None) -> dict:
-    """Top-1/top-5 accuracy (%) and mean loss, summed exactly over every rank's shard.
+def evaluate(model, loader, device, amp_dtype=None, num_classes: int | None = None) -> dict:
+    """Top-1/top-5 accuracy (%) and mean loss, summed exactly over every rank's shard; with ``num_classes``, also
+    the confusion matrix (``"confusion"``: rows true class, columns top-1 prediction, int64).
 
     Pass the bare model (not the DDP wrapper): ranks may hold different numbers of batches.
     """
     model.eval()
     # summed on the device and read once at the end: no device synchronisation per batch
     sums = torch.zeros(3, dtype=torch.float64, device=device)
+    cells = (num_classes or 0) ** 2
+    confusion = torch.zeros(cells, dtype=torch.int64, device=device)
     n = 0
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
@@ -356,11 +359,15 @@ def evaluate(model, loader, device, amp_dtype=None) -> dict:
         sums += torch.stack(
             [F.cross_entropy(logits, targets, reduction="sum"), hits[:, 0].sum(), hits.any(dim=1).sum()]
         ).double()
+        if cells:
+            confusion += torch.bincount(targets * num_classes + top[:, 0], minlength=cells)
         n += len(targets)
     loss_sum, correct1, correct5 = sums.tolist()
-    loss_sum, correct1, correct5, n = all_reduce_sum([loss_sum, correct1, correct5, n], device)
+    loss_sum, correct1, correct5, n, *counts = all_reduce_sum(
+        [loss_sum, correct1, correct5, n, *confusion.tolist()], device
+    )
     denom = max(n, 1)
-    return {
+    stats = {
         "val_loss": loss_sum / denom,
         "val_acc1": 100.0 * correct1 / denom,
         "val_acc5": 100.0 * correct5 / denom,
@@ -368,3 +375,6 @@ def evaluate(model, loader, device, amp_dtype=None) -> dict:
         "val_correct1": int(correct1),
         "val_correct5": int(correct5),
     }
+    if cells:
+        stats["confusion"] = torch.tensor([int(round(c)) for c in counts], dtype=torch.int64).view(num_classes, -1)
+    return stats

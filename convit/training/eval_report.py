@@ -13,47 +13,16 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .distributed import all_reduce_sum
+from .engine import evaluate
 
 PNG_MAX_CLASSES = 100  # above this, a confusion-matrix figure is unreadable: the CSV only
 
 
-@torch.no_grad()
 def evaluate_confusion(model, loader, device, num_classes: int, amp_dtype=None) -> tuple[dict, torch.Tensor]:
     """(top-1/top-5/loss as ``engine.evaluate`` gives them, confusion matrix [true, predicted]) over all ranks."""
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    n = 0
-    for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        logits = logits.float()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top == targets[:, None]
-        sums += torch.stack(
-            [F.cross_entropy(logits, targets, reduction="sum"), hits[:, 0].sum(), hits.any(dim=1).sum()]
-        ).double()
-        confusion += torch.bincount(targets * num_classes + top[:, 0], minlength=num_classes * num_classes)
-        n += len(targets)
-    loss_sum, correct1, correct5 = sums.tolist()
-    loss_sum, correct1, correct5, n, *cells = all_reduce_sum(
-        [loss_sum, correct1, correct5, n, *confusion.tolist()], device
-    )
-    denom = max(n, 1)
-    stats = {
-        "val_loss": loss_sum / denom,
-        "val_acc1": 100.0 * correct1 / denom,
-        "val_acc5": 100.0 * correct5 / denom,
-        "val_images": int(n),
-        "val_correct1": int(correct1),
-        "val_correct5": int(correct5),
-    }
-    return stats, torch.tensor([int(round(c)) for c in cells], dtype=torch.int64).view(num_classes, num_classes)
+    stats = evaluate(model, loader, device, amp_dtype, num_classes=num_classes)
+    return stats, stats.pop("confusion")
 
 
 def per_class(confusion: torch.Tensor, class_names) -> list[dict]:
