@@ -222,7 +222,8 @@ def main(argv=None) -> None:
             (out / "log.jsonl").write_text("")
         save_yaml(cfg, out / "config.yaml")
         print(
-            f"{len(loaders.train.dataset)} train images, {dist.world_size} process(es) on {device.type}, "
+            f"{len(loaders.train.dataset)} train images, {dist.world_size} process(es) on {device.type} "
+            f"({f'{cfg.amp_dtype} autocast' if amp_dtype is not None else 'fp32'}), "
             f"global batch {cfg.batch_size * dist.world_size * cfg.accum_steps}, "
             f"lr {scaled_lr(cfg, dist.world_size, cfg.accum_steps):.2e}, "
             f"{epochs} epochs of {len(loaders.train)} steps ({updates_per_epoch} updates)",
