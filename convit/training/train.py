@@ -102,6 +102,19 @@ def tensorboard_writer(cfg: Config, out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
+def epoch_scalars(row: dict) -> dict[str, float]:
+    """The TensorBoard scalars of one log row: its numbers, and per block the mean non-locality and (GPSA blocks)
+    the mean gate of its ``locality`` entry."""
+    scalars = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}
+    locality = row.get("locality") or {}
+    for name, key in (("nonlocality", "nonlocality"), ("gate", "gates")):
+        for block, heads in enumerate(locality.get(key) or []):
+            finite = [h for h in heads if h is not None]  # a non-finite value is logged as null
+            if finite:
+                scalars[f"{name}/block{block}"] = sum(finite) / len(finite)
+    return scalars
+
+
 def main(argv=None) -> None:
     if "--list-configs" in (sys.argv[1:] if argv is None else argv):
         print("\n".join(list_configs()))
@@ -321,9 +334,8 @@ def main(argv=None) -> None:
                 write_log(out, log)
                 keep_history(out, log, last, cfg.checkpoint_hist, cfg.save_every)
                 if writer is not None:
-                    for key, value in row.items():
-                        if isinstance(value, (int, float)) and key != "epoch":
-                            writer.add_scalar(key, value, epoch + 1)
+                    for key, value in epoch_scalars(row).items():
+                        writer.add_scalar(key, value, epoch + 1)
                     writer.flush()
                 print(
                     f"epoch {epoch + 1}/{epochs}  lr {row['lr']:.2e}  train_loss {row['train_loss']:.4f}  "
