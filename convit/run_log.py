@@ -6,6 +6,7 @@ It sits beside the zoo, not in ``convit.training``, so that the analysis reads l
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .errors import UserError
@@ -51,3 +52,12 @@ def log_rows(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise RunLogError(f"no training log at '{path}'; name a run folder or its log.jsonl")
     return read_log(path)[0]
+
+
+EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")  # a kept epoch's checkpoint, N counted from 1
+
+
+def kept_checkpoints(run: str | Path) -> list[Path]:
+    """A run folder's ``epoch_N.pth`` (kept by ``--checkpoint-hist`` / ``--save-every``), in epoch order."""
+    files = [f for f in Path(run).glob("epoch_*.pth") if EPOCH_FILE.match(f.name)]
+    return sorted(files, key=lambda f: int(EPOCH_FILE.match(f.name).group(1)))

@@ -50,6 +50,10 @@ def run_command(command: str, cwd, shrink=SHRINK):
         from convit.predict import main, parse_args
 
         return main(parse_args(words[2:]))
+    if words[1:3] == ["-m", "convit.locality"]:
+        from convit.locality.__main__ import main
+
+        return main([*words[3:], "--num-images", "4"])
     if words[1:3] == ["-m", "convit.training.history"]:
         from convit.training.history import main, parse_args
 

@@ -190,6 +190,10 @@ COVERED = {
         EVAL_PAGE,
     ),
     "python -m convit.training.history out/run --best 2 --output out/run_avg.pth": (ELSEWHERE, EVAL_PAGE),
+    "python -m convit.locality --run out/run --data-path data/images/val --out out/run_locality": (
+        ELSEWHERE,
+        EVAL_PAGE,
+    ),
     "python eval.py --checkpoint out/run_avg.pth": (ELSEWHERE, EVAL_PAGE),
     "python train.py": ("digits", None),
     "python train.py --model convit_base --data-path /data/imagenet --epochs 1": ("base", []),

@@ -9,7 +9,7 @@ matplotlib (imported when a plot is drawn); ``__main__`` is the command, ``pytho
 
 from .ablation import head_ablation
 from .adapters import patch_grid
-from .curves import plot_log, plot_training_curves
+from .curves import plot_locality_over_epochs, plot_log, plot_training_curves
 from .distances import authors_maps, distance_report, plot_distance_scatter
 from .errors import LocalityError
 from .interventions import forced_gates, gate_interventions, plot_interventions
@@ -62,6 +62,7 @@ __all__ = [
     "plot_distance_scatter",
     "plot_gates",
     "plot_interventions",
+    "plot_locality_over_epochs",
     "plot_log",
     "plot_training_curves",
     "plot_nonlocality",

@@ -19,10 +19,11 @@ from torch import nn
 
 from ..data.cluttered import validation_batch
 from ..errors import run_entry_point
+from ..run_log import EPOCH_FILE, kept_checkpoints
 from . import distances
 from .ablation import head_ablation
 from .adapters import patch_grid
-from .curves import plot_log, plot_training_curves
+from .curves import plot_locality_over_epochs, plot_log, plot_training_curves
 from .distances import distance_report
 from .errors import LocalityError
 from .inputs import digits_batch, folder_batch, load_model, model_in_chans, model_input_size, parse_images, parse_query
@@ -39,7 +40,7 @@ from .plots import (
     plot_nonlocality_parts,
     plot_overlays,
 )
-from .report import build_report
+from .report import build_report, epoch_locality
 
 
 def _analyse(model: nn.Module, label: str, args: argparse.Namespace, out: str, written: Written) -> dict:
@@ -177,10 +178,39 @@ def _plot_logs(logs: Sequence[str], labels: Sequence[str] | None, out: str) -> d
     return {"plots": plots}
 
 
+def _measure_run(args: argparse.Namespace) -> dict:
+    """The locality of every kept epoch of a run folder, plotted over epochs, and its records as JSON."""
+    files = kept_checkpoints(args.run)
+    if not files:
+        raise LocalityError(
+            f"--run {args.run}: no epoch_N.pth files; train with --checkpoint-hist K or --save-every N to keep epochs"
+        )
+    epochs, records = [], []
+    for i, path in enumerate(files, 1):
+        model = load_model(checkpoint=str(path))
+        if args.data_path:
+            images, _ = folder_batch(model, args.data_path, args.num_images)
+        elif args.data == "cluttered":
+            images, _ = validation_batch(model_input_size(model)[0], model_in_chans(model), args.num_images)
+        else:
+            images, _ = digits_batch(model, args.num_images)
+        epochs.append(int(EPOCH_FILE.match(path.name).group(1)) - 1)  # 0-based, as log.jsonl counts
+        records.append(epoch_locality(model, images, args.batch_size))
+        print(f"[{i}/{len(files)}] {path.name}: measured on {images.shape[0]} images", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "kept_epochs.json"), "w") as handle:
+        json.dump(
+            [{"epoch": e, "checkpoint": str(f), **r} for e, f, r in zip(epochs, files, records, strict=True)], handle
+        )
+    return {"epochs": epochs, "plots": plot_locality_over_epochs(epochs, records, args.out)}
+
+
 def run(args: argparse.Namespace) -> dict:
     """Everything the command does; returns the report of a single model, or ``{"models": [...]}`` for several."""
     if args.log:
         return _plot_logs(args.log, args.label, args.out)
+    if args.run:
+        return _measure_run(args)
     pairs = _pairs(args)
     models = [load_model(name, checkpoint, args.pretrained) for name, checkpoint in pairs]
     labels = args.label or model_labels([n for n, _ in pairs], [c for _, c in pairs], models)
@@ -285,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="training log.jsonl: plot the measures and the loss over epochs instead; repeat to overlay runs' curves",
     )
+    parser.add_argument(
+        "--run",
+        metavar="DIR",
+        help="a run folder: measure each kept epoch_N.pth (--checkpoint-hist, --save-every) and plot them over epochs",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--out", required=True, help="output folder")
     return parser
@@ -307,8 +342,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args._argv = argv
-    if not args.log and not args.model and not args.checkpoint:
-        raise LocalityError("pass --model NAME (or --checkpoint, or --log)")
+    if not args.log and not args.model and not args.checkpoint and not args.run:
+        raise LocalityError("pass --model NAME (or --checkpoint, --log or --run)")
     if args.num_images < 1:
         raise LocalityError("--num-images must be at least 1")
     if args.batch_size < 1:

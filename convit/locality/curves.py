@@ -149,8 +149,18 @@ def plot_log(log_path: str, out_dir: str) -> list[str]:
     """
     epochs, records = _locality_records(log_path)
     os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, "training_curves.png")]
-    plot_training_curves([log_path], [os.path.basename(os.path.dirname(os.path.abspath(log_path)))], paths[0])
+    path = os.path.join(out_dir, "training_curves.png")
+    plot_training_curves([log_path], [os.path.basename(os.path.dirname(os.path.abspath(log_path)))], path)
+    return [path, *plot_locality_over_epochs(epochs, records, out_dir)]
+
+
+def plot_locality_over_epochs(epochs: Sequence[float], records: Sequence[dict], out_dir: str) -> list[str]:
+    """The measures of ``records`` (``epoch_locality`` entries, one per epoch in ``epochs``) over epochs: one
+    subplot per block, one line per head; ``nonlocality_over_epochs.png``, ``gates_over_epochs.png`` (GPSA
+    models) and, where every record has them, ``sharpness_over_epochs.png`` and ``centres_over_epochs.png``."""
+    os.makedirs(out_dir, exist_ok=True)
+    epochs = list(epochs)
+    paths = []
     distance = torch.tensor([record["nonlocality"] for record in records], dtype=torch.float32)
     paths.append(os.path.join(out_dir, "nonlocality_over_epochs.png"))
     _plot_over_epochs(epochs, distance, paths[-1], "non-locality")

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError, run_entry_point
+from ..run_log import EPOCH_FILE, kept_checkpoints
 from ..weights import extract_state_dict, is_training_checkpoint, read_checkpoint
 from .checkpoint import best_weights, save_checkpoint
-
-EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
 
 
 def epoch_file(out: Path, epoch: int) -> Path:
@@ -56,12 +54,6 @@ def keep_history(out: Path, log: list[dict], last: dict, checkpoint_hist: int | 
         if m and int(m.group(1)) - 1 not in kept:
             f.unlink(missing_ok=True)
     return [epoch_file(out, e) for e in sorted(kept) if epoch_file(out, e).exists()]
-
-
-def history_files(run: Path) -> list[Path]:
-    """A run folder's epoch_N.pth, in epoch order."""
-    files = [f for f in Path(run).glob("epoch_*.pth") if EPOCH_FILE.match(f.name)]
-    return sorted(files, key=lambda f: int(EPOCH_FILE.match(f.name).group(1)))
 
 
 def average_state_dicts(state_dicts: list[dict]) -> dict:
@@ -130,7 +122,7 @@ def main(args) -> Path:
     files = []
     for item in map(Path, args.inputs):
         if item.is_dir():
-            found = history_files(item)
+            found = kept_checkpoints(item)
             if not found:
                 raise UserError(f"'{item}' holds no epoch_N.pth; train with --checkpoint-hist K or --save-every N")
             files += found

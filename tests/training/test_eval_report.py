@@ -48,7 +48,7 @@ def test_the_evaluation_page_commands(folder, tmp_path, monkeypatch, capsys):
     (tmp_path / "data" / "images").symlink_to(folder)
     monkeypatch.chdir(tmp_path)
     commands = page_commands("evaluation.md")
-    assert len(commands) == 7
+    assert len(commands) == 8
     train_first = sorted(commands, key=lambda c: not c.startswith("python train.py"))
     results = {c: run_command(c, tmp_path) for c in train_first}
     run = tmp_path / "out" / "run"
@@ -68,6 +68,9 @@ def test_the_evaluation_page_commands(folder, tmp_path, monkeypatch, capsys):
     labels = list(csv.reader(open(tmp_path / "out" / "labels.csv")))
     assert len(labels) == 22 and labels[0][:3] == ["file", "class_1", "prob_1"]
     assert len(json.loads((tmp_path / "out" / "labels.json").read_text())) == 21
+    measured = json.loads((tmp_path / "out" / "run_locality" / "kept_epochs.json").read_text())
+    assert [r["epoch"] + 1 for r in measured] == [int(name[6:-4]) for name in sorted(kept, key=lambda n: int(n[6:-4]))]
+    assert (tmp_path / "out" / "run_locality" / "gates_over_epochs.png").stat().st_size > 0
     averaged = results["python eval.py --checkpoint out/run_avg.pth"]
     assert averaged["val_images"] == 21
     # the history: the best 2 epochs and every 3rd, and the average of the best 2 (the float64 mean)
