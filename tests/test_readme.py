@@ -6,6 +6,7 @@ the test elsewhere that runs it. A command added to a page without an entry here
 `test_every_readme_command_is_covered`.
 """
 
+import re
 import subprocess
 import sys
 
@@ -371,6 +372,16 @@ def test_every_readme_command_is_covered():
 
 def test_set_up_and_test_commands_are_what_ci_runs():
     check_ci_runs(*(where for kind, where in COVERED.values() if kind == "ci"))
+
+
+def test_readme_python_snippets_run():
+    """README's ```python blocks, executed as they are."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        scope = {}
+        exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 (the repository's own README)
+    assert scope["model"].num_classes == 100 and scope["from_deit"].local_up_to_layer == 10
 
 
 def test_timm_script_extraction_commands(tmp_path):
