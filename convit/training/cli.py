@@ -64,6 +64,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     """train.py's parser: --config, --list-configs, every key of the schema and the model flags."""
     parser = argparse.ArgumentParser(
         prog=prog,
+        usage="%(prog)s [--config RECIPE] [--list-configs] [--KEY-NAME VALUE ...] (every key and its values below)",
         description="Train a ConViT. Every key of a recipe is also a flag; the defaults shown are the built-in ones, which the "
         "recipe (--config) changes where it says so. "
         "A boolean flag alone means true (--model-ema); --model-ema false turns it off.",
