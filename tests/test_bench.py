@@ -204,7 +204,7 @@ def test_digits_task_writes_our_split_as_pngs(tmp_path):
     """--task digits: timm's train.py reads the default run's digits split, as 16x16 grayscale PNG files."""
     from PIL import Image
 
-    from convit.training.data import digits_split
+    from convit.data import digits_split
 
     bench = _bench_epoch()
     assert bench.make_digits_folder(tmp_path) == 10
