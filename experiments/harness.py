@@ -205,17 +205,22 @@ def train_run(cfg: Config, steps: int, warmup_steps: int, train_data, val_loader
     seconds = time.perf_counter() - start
 
     locality = locality_rows(model, val_images)
-    tail = losses[-max(1, min(20, steps // 10)) :]
-    result = {
+    return result_row(cfg, n_images, losses, val, seconds), locality
+
+
+def result_row(cfg: Config, n_images: int, losses: list, val: dict, seconds: float) -> dict:
+    """A run's row of results.csv: its images, steps and batch, validation top-1 and loss, the mean training loss
+    of its last steps (a tenth of them, 1 to 20) and its time."""
+    tail = losses[-max(1, min(20, len(losses) // 10)) :]
+    return {
         "train_images": n_images,
-        "steps": steps,
+        "steps": len(losses),
         "batch_size": cfg.batch_size,
         "val_acc1": round(val["val_acc1"], 3),
         "val_loss": round(val["val_loss"], 4),
         "final_train_loss": round(float(np.mean(tail)), 4),
         "seconds": round(seconds, 1),
     }
-    return result, locality
 
 
 def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:

@@ -128,16 +128,7 @@ def train_run(cfg, steps: int, warmup_steps: int, checkpoints: int, data):
     val = evaluate(model, val_loader, torch.device("cpu"))
     seconds = time.perf_counter() - start
     locality = harness.locality_rows(model, val_images)
-    tail = losses[-max(1, min(20, steps // 10)) :]
-    result = {
-        "train_images": len(subset),
-        "steps": steps,
-        "batch_size": cfg.batch_size,
-        "val_acc1": round(val["val_acc1"], 3),
-        "val_loss": round(val["val_loss"], 4),
-        "final_train_loss": round(float(np.mean(tail)), 4),
-        "seconds": round(seconds, 1),
-    }
+    result = harness.result_row(cfg, len(subset), losses, val, seconds)
     return result, locality, dynamics
 
 
