@@ -15,6 +15,8 @@ two small matmuls over every image at once and never forms an N x N matrix; the 
 through ``F.scaled_dot_product_attention``. The reference path computes the formula literally.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
@@ -87,6 +89,9 @@ class GPSA(nn.Module):
         self.pos_proj = nn.Linear(3, num_heads)
         self.proj_drop = nn.Dropout(proj_drop)
         self.gating_param = nn.Parameter(torch.ones(num_heads))
+        # called as observer(probs, content, positional) by the reference path: the analysis reads the
+        # attention the layer applies without computing it twice
+        self.attention_observer: Callable | None = None
 
     @torch.no_grad()
     def local_init(self) -> None:
@@ -136,18 +141,30 @@ class GPSA(nn.Module):
         row_score = weight[:, 1, None, None] * dy + weight[:, 2, None, None] * dy**2
         return _flush_tiny(row_score.softmax(dim=-1)), _flush_tiny(col_score.softmax(dim=-1))
 
+    def attention_parts(self, x: torch.Tensor, grid_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two attentions before gating: content softmax(q k^T * scale), B x H x N x N, and the
+        positional softmax(r . w_h), H x N x N (in the content's dtype)."""
+        B, N, C = x.shape
+        q, k = self.qk(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        content = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        return content, self.positional_attention(grid_size).to(content.dtype)
+
+    def gated(self, content: torch.Tensor, positional: torch.Tensor) -> torch.Tensor:
+        """(1 - sigmoid(lambda)) content + sigmoid(lambda) positional per head, rows renormalised."""
+        gate = self.gate().view(1, -1, 1, 1).to(content.dtype)
+        attn = (1.0 - gate) * content
+        if torch.is_grad_enabled():
+            attn = attn + gate * positional
+            return attn / attn.sum(dim=-1, keepdim=True)
+        attn += gate * positional  # the same operations in place: no new B x H x N x N tensor
+        return attn.div_(attn.sum(dim=-1, keepdim=True))
+
     def attention_probs(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         """The full gated attention matrix for input ``x`` (B x N x C), shape B x H x N x N.
 
         This is what the layer applies to V (both paths); used by the reference path and by analysis.
         """
-        B, N, C = x.shape
-        q, k = self.qk(x).reshape(B, N, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        content = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        positional = self.positional_attention(grid_size).to(content.dtype)
-        gate = self.gate().view(1, -1, 1, 1).to(content.dtype)
-        attn = (1.0 - gate) * content + gate * positional
-        return attn / attn.sum(dim=-1, keepdim=True)
+        return self.gated(*self.attention_parts(x, grid_size))
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         x = check_tokens(x, grid_size)
@@ -161,7 +178,11 @@ class GPSA(nn.Module):
 
     def _forward_reference(self, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
-        attn = self.attn_drop(self.attention_probs(x, grid_size))
+        content, positional = self.attention_parts(x, grid_size)
+        attn = self.gated(content, positional)
+        if self.attention_observer is not None:
+            self.attention_observer(attn, content, positional)
+        attn = self.attn_drop(attn)
         v = self.v(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         return (attn @ v).transpose(1, 2).reshape(B, N, C)
 
@@ -387,6 +408,7 @@ class MHSA(nn.Module):
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.attention_observer: Callable | None = None  # called as observer(probs, None, None), as GPSA's
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, C = x.shape
@@ -407,6 +429,8 @@ class MHSA(nn.Module):
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         else:
             attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+            if self.attention_observer is not None:
+                self.attention_observer(attn, None, None)
             x = self.attn_drop(attn) @ v
         x = x.transpose(1, 2).reshape(B, N, C)
         x = self.proj(x)

@@ -1,8 +1,9 @@
 """The model families the measures read, one small adapter each: this package's ConViT, timm's ``ConVit`` and
-timm's ``VisionTransformer`` family (also inside DDP/DataParallel or ``torch.compile``), and each attention
-module's probabilities recomputed from its real input with the module's own projections."""
+timm's ``VisionTransformer`` family (also inside DDP/DataParallel or ``torch.compile``), and how each one's
+attention probabilities are read as the model runs: handed over by this package's layers, recomputed from
+the real input of timm's modules with their own projections."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -12,6 +13,8 @@ from torch import nn
 from ..attention import GPSA, MHSA, relative_offsets
 from ..model import ConViT
 from .errors import LocalityError
+
+Observer = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], None]
 
 
 def _qk_softmax(attn: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,6 +63,21 @@ class _Adapter:
     def is_gpsa(self, attn: nn.Module) -> bool:
         return isinstance(attn, self.gpsa_types)
 
+    def observe(self, attn: nn.Module, grid_size: tuple[int, int], parts: bool, seen: Observer) -> Callable[[], None]:
+        """Call ``seen(probs, content, positional)`` on every forward of ``attn`` (probs B x H x N x N with the
+        prefix tokens; content and positional GPSA's parts when ``parts``, else None); returns the undo.
+
+        Here a forward pre-hook recomputes them from the module's input with its own projections.
+        """
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            content = positional = None
+            if parts and self.is_gpsa(module):
+                content, positional = gpsa_parts(module, args[0], grid_size)
+            seen(self.probs(module, args, kwargs, grid_size), content, positional)
+
+        return attn.register_forward_pre_hook(hook, with_kwargs=True).remove
+
     def local_up_to_layer(self, model: nn.Module) -> int:
         return int(getattr(model, "local_up_to_layer", 0))
 
@@ -74,6 +92,17 @@ class _OursAdapter(_Adapter):
 
     def probs(self, attn, args, kwargs, grid_size):
         return attn.attention_probs(args[0], grid_size)
+
+    def observe(self, attn, grid_size, parts, seen):
+        """The module runs its reference path, which hands its own probabilities (and GPSA's parts) to ``seen``:
+        nothing is computed twice."""
+        fused, attn.fused_attn = attn.fused_attn, False
+
+        def undo() -> None:
+            attn.fused_attn, attn.attention_observer = fused, None
+
+        attn.attention_observer = seen
+        return undo
 
 
 class _TimmConVitAdapter(_Adapter):

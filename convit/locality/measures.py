@@ -5,9 +5,10 @@ Non-locality of block l, head h, over a batch of images and patch tokens only::
 
     D(l, h) = mean over images and queries i of  sum_j A_ij * ||p_i - p_j||
 
-with patch positions p = (row, col) in units of patches. A is the attention the block really applies,
-computed from the block's real input, captured by a forward pre-hook on its attention module (after
-norm1, the position embedding and any class/register tokens), with the module's own projections. The
+with patch positions p = (row, col) in units of patches. A is the attention the block really applies to
+its real input (after norm1, the position embedding and any class/register tokens): this package's
+layers hand over the probabilities their reference path computes in the forward pass; timm's modules
+have theirs recomputed by a forward pre-hook from that input with the module's own projections. The
 prefix tokens' rows and columns (class, register, distillation tokens) are dropped and each row
 renormalised. Gates are sigmoid(lambda) per GPSA head: 1 is fully positional, 0 fully content.
 
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from ..attention import relative_offsets
-from .adapters import gpsa_parts, patch_grid, resolve_model
+from .adapters import patch_grid, resolve_model
 from .errors import LocalityError
 
 # ---------------------------------------------------------------------------------------------- capture
@@ -102,7 +103,7 @@ def capture(
     parts: bool = True,
 ) -> Capture:
     """Run ``model`` on ``images`` and capture every block's attention (and, with ``parts``, GPSA's content and
-    positional parts) through hooks."""
+    positional parts) as each attention module runs."""
     if images.dim() != 4 or images.shape[0] == 0:
         raise LocalityError(f"images must be a non-empty batch shaped (B, C, H, W), got shape {list(images.shape)}")
     resolved = resolve_model(model)
@@ -121,26 +122,25 @@ def capture(
             previous = store.get((kind, index))
             store[(kind, index)] = [total if previous is None else previous[0] + total]
 
-    def make_hook(index: int):
-        def hook(attn: nn.Module, args: tuple, kwargs: dict) -> None:
-            keep("maps", index, _patches_only(adapter.probs(attn, args, kwargs, grid_size), num_patches))
-            if parts and adapter.is_gpsa(attn):
-                content, positional = gpsa_parts(attn, args[0], grid_size)
+    def make_observer(index: int):
+        def seen(probs: torch.Tensor, content: torch.Tensor | None, positional: torch.Tensor | None) -> None:
+            keep("maps", index, _patches_only(probs, num_patches))
+            if parts and content is not None:
                 keep("content", index, content)
                 store[("positional", index)] = [positional.float().cpu()]
 
-        return hook
+        return seen
 
-    handles = []
+    undo = []
     with analysis_mode(core):
         try:
             for index, attn in enumerate(resolved.attention):
-                handles.append(attn.register_forward_pre_hook(make_hook(index), with_kwargs=True))
+                undo.append(adapter.observe(attn, grid_size, parts, make_observer(index)))
             for chunk in _chunks(images, batch_size, progress, "attention maps"):
                 core(chunk.to(device=device, dtype=dtype))
         finally:
-            for handle in handles:
-                handle.remove()
+            for restore in undo:
+                restore()
 
     def gather(kind: str, index: int) -> torch.Tensor:
         parts = store[(kind, index)]

@@ -114,6 +114,25 @@ def test_maps_are_those_of_the_forward_pass():
             x = block(x, grid_size)
 
 
+def test_capture_computes_each_attention_once():
+    """The maps and GPSA's parts come from the forward pass itself: each block's projections run once per batch."""
+    model = tiny(locality_strength=1.0)
+    calls = []
+    for block in model.blocks:
+        projection = block.attn.qk if isinstance(block.attn, GPSA) else block.attn.qkv
+        projection.register_forward_hook(lambda *_: calls.append(1))
+    captured = L.capture(model, images(model, 4), batch_size=3)  # two batches
+    assert len(calls) == 2 * len(model.blocks)
+    assert sorted(captured.content) == [0, 1] and all(b.attn.attention_observer is None for b in model.blocks)
+
+
+def test_capture_restores_the_layers_when_the_forward_fails():
+    model = tiny()
+    with pytest.raises(ValueError, match="differs from the model"):
+        L.capture(model, torch.randn(2, 3, 6, 6))  # a size the model was not built for
+    assert all(b.attn.fused_attn and b.attn.attention_observer is None for b in model.blocks)
+
+
 def test_gates_are_sigmoid_of_the_parameters():
     model = tiny()
     with torch.no_grad():
@@ -153,6 +172,7 @@ def test_functions_leave_the_model_unchanged():
     assert torch.equal(model.head.weight.grad, torch.ones_like(model.head.weight))
     assert all(p.grad is None for name, p in model.named_parameters() if name != "head.weight")
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+    assert all(b.attn.fused_attn and b.attn.attention_observer is None for b in model.blocks)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     model.eval()
     with torch.no_grad():
