@@ -54,7 +54,7 @@ def log_rows(path: str | Path) -> list[dict]:
     return read_log(path)[0]
 
 
-EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")  # a kept epoch's checkpoint, N counted from 1
+EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")  # a kept epoch's checkpoint, N counted from 0
 
 
 def kept_checkpoints(run: str | Path) -> list[Path]:

@@ -194,7 +194,7 @@ def _measure_run(args: argparse.Namespace) -> dict:
             images, _ = validation_batch(model_input_size(model)[0], model_in_chans(model), args.num_images)
         else:
             images, _ = digits_batch(model, args.num_images)
-        epochs.append(int(EPOCH_FILE.match(path.name).group(1)) - 1)  # 0-based, as log.jsonl counts
+        epochs.append(int(EPOCH_FILE.match(path.name).group(1)))
         records.append(epoch_locality(model, images, args.batch_size))
         print(f"[{i}/{len(files)}] {path.name}: measured on {images.shape[0]} images", flush=True)
     os.makedirs(args.out, exist_ok=True)

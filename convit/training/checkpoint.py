@@ -201,7 +201,7 @@ def repair_run_record(out: Path, state: dict, start_epoch: int) -> tuple[list[di
             on_disk = None
         if on_disk != jsonable(rows):
             have = {r.get("epoch") for r in on_disk or []}
-            missing = [r["epoch"] + 1 for r in rows if r["epoch"] not in have]
+            missing = [r["epoch"] for r in rows if r["epoch"] not in have]
             what = f"lacked epoch(s) {missing}" if missing and on_disk is not None else "was out of step or damaged"
             notes.append(f"log.jsonl {what} (an interrupted epoch end); rebuilt it and summary.csv from last.pth")
     best_epoch = state.get("best_epoch")
@@ -213,6 +213,6 @@ def repair_run_record(out: Path, state: dict, start_epoch: int) -> tuple[list[di
             current = None
         if current != best_epoch:
             save_checkpoint(best_weights(state), path)
-            notes.append(f"best.pth did not hold the best epoch ({best_epoch + 1}); rewrote it from last.pth")
+            notes.append(f"best.pth did not hold the best epoch ({best_epoch}); rewrote it from last.pth")
     write_log(out, rows)
     return rows, notes

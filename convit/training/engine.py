@@ -296,7 +296,7 @@ def train_one_epoch(
         [loss_sum.item(), n_images, *(float(part_sums[k]) for k in names)], device
     )
     if not math.isfinite(total_loss):
-        raise TrainingDiverged(f"training loss is {total_loss} in epoch {epoch + 1}; {RESUME_HINT}")
+        raise TrainingDiverged(f"training loss is {total_loss} in epoch {epoch}; {RESUME_HINT}")
     elapsed = time.perf_counter() - start
     return {
         "train_loss": total_loss / max(total_images, 1),
@@ -322,7 +322,7 @@ def _check_finite(first_bad: torch.Tensor, step_losses: list, epoch: int, n_step
     if step >= 0:
         value = float(step_losses[step])
         raise TrainingDiverged(
-            f"training loss is {value} at step {step + 1}/{n_steps} of epoch {epoch + 1}; {RESUME_HINT}"
+            f"training loss is {value} at step {step + 1}/{n_steps} of epoch {epoch}; {RESUME_HINT}"
         )
 
 

@@ -3,7 +3,7 @@
     python train.py --checkpoint-hist 3 --save-every 10           # epoch_N.pth beside last.pth and best.pth
     python -m convit.training.history out/run --output out/run/avg.pth --best 3
 
-``epoch_N.pth`` (N counted from 1, as the progress lines count) holds the weights of that epoch in
+``epoch_N.pth`` (N counted from 0, as log.jsonl and the progress lines count) holds the weights of that epoch in
 ``best.pth``'s form; eval.py, predict.py and the locality command read it. Averaging follows timm's
 ``avg_checkpoints.py``: each floating tensor of the state dicts summed in float64 and divided by their number.
 """
@@ -23,8 +23,8 @@ from .checkpoint import best_weights, save_checkpoint
 
 
 def epoch_file(out: Path, epoch: int) -> Path:
-    """The history file of 0-based ``epoch``: ``epoch_{epoch + 1}.pth``."""
-    return Path(out) / f"epoch_{epoch + 1}.pth"
+    """The history file of ``epoch`` (counted from 0, as everywhere): ``epoch_{epoch}.pth``."""
+    return Path(out) / f"epoch_{epoch}.pth"
 
 
 def kept_epochs(log: list[dict], checkpoint_hist: int | None, save_every: int) -> set[int]:
@@ -51,7 +51,7 @@ def keep_history(out: Path, log: list[dict], last: dict, checkpoint_hist: int | 
         save_checkpoint(best_weights(last), epoch_file(out, current))
     for f in out.glob("epoch_*.pth"):
         m = EPOCH_FILE.match(f.name)
-        if m and int(m.group(1)) - 1 not in kept:
+        if m and int(m.group(1)) not in kept:
             f.unlink(missing_ok=True)
     return [epoch_file(out, e) for e in sorted(kept) if epoch_file(out, e).exists()]
 

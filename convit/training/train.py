@@ -274,7 +274,7 @@ def main(argv=None) -> None:
                 loss_fn=loss_fn,
                 progress=cfg.progress and dist.is_main,
                 log_interval=cfg.log_interval,
-                desc=f"epoch {epoch + 1}/{epochs}",
+                desc=f"epoch {epoch}/{epochs - 1}",
                 stop=stop,
             )
             if "stopped" in train_stats:
@@ -284,7 +284,7 @@ def main(argv=None) -> None:
             val_stats = evaluate(model, loaders.val, device, amp_dtype)
             if not math.isfinite(val_stats["val_loss"]):
                 raise TrainingDiverged(
-                    f"validation loss is {val_stats['val_loss']} after epoch {epoch + 1}: the model's outputs are "
+                    f"validation loss is {val_stats['val_loss']} after epoch {epoch}: the model's outputs are "
                     f"not finite; {RESUME_HINT}"
                 )
             row = {
@@ -335,10 +335,10 @@ def main(argv=None) -> None:
                 keep_history(out, log, last, cfg.checkpoint_hist, cfg.save_every)
                 if writer is not None:
                     for key, value in epoch_scalars(row).items():
-                        writer.add_scalar(key, value, epoch + 1)
+                        writer.add_scalar(key, value, epoch)
                     writer.flush()
                 print(
-                    f"epoch {epoch + 1}/{epochs}  lr {row['lr']:.2e}  train_loss {row['train_loss']:.4f}  "
+                    f"epoch {epoch}/{epochs - 1}  lr {row['lr']:.2e}  train_loss {row['train_loss']:.4f}  "
                     f"val_loss {row['val_loss']:.4f}  val_acc1 {row['val_acc1']:.2f}  "
                     f"val_acc5 {row['val_acc5']:.2f}  {row['epoch_time_s']:.1f}s  "
                     f"{row['train_images_per_s']:.0f} img/s",
@@ -349,7 +349,7 @@ def main(argv=None) -> None:
             if signum is not None and epoch + 1 < end_epoch:
                 raise Preempted(signum, epoch + 1, None)
         if dist.is_main and best_acc1 >= 0:
-            at = f" (epoch {best_epoch + 1})" if best_epoch is not None else ""
+            at = f" (epoch {best_epoch})" if best_epoch is not None else ""
             print(f"best val_acc1 {best_acc1:.2f}{at}; checkpoints in {out}/", flush=True)
     except Preempted as p:
         if dist.is_main:
@@ -379,16 +379,17 @@ def check_weights(model, ema, epoch: int) -> None:
         broken = nonfinite_parameters(module) if module is not None else []
         if broken:
             raise TrainingDiverged(
-                f"the {name} hold NaN or infinity after epoch {epoch + 1} ({broken[0]}); nothing of this epoch "
+                f"the {name} hold NaN or infinity after epoch {epoch} ({broken[0]}); nothing of this epoch "
                 f"was saved; {RESUME_HINT.removeprefix('nothing of this epoch was saved; ')}"
             )
 
 
 def preempted_line(p: Preempted, out: Path) -> str:
     """The one line a stopped run prints: what stopped it, what is kept, how to continue."""
-    where = f"at step {p.step + 1} of epoch {p.epoch + 1}" if p.step is not None else f"after epoch {p.epoch}"
+    # p.epoch is the number of complete epochs: the index of the one stopped in, or of the next
+    where = f"at step {p.step + 1} of epoch {p.epoch}" if p.step is not None else f"after epoch {p.epoch - 1}"
     kept = (
-        f"last.pth holds epoch {p.epoch} (a partial epoch is not kept)"
+        f"last.pth holds epoch {p.epoch - 1} (a partial epoch is not kept)"
         if p.epoch
         else "no epoch was complete, so the run starts afresh"
     )

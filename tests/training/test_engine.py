@@ -124,13 +124,13 @@ def test_progress_is_a_log_line_when_stdout_is_not_a_terminal():
     import io
 
     stream = io.StringIO()
-    progress = Progress(10, 8, "epoch 1/3", enabled=True, interval=4, stream=stream)
+    progress = Progress(10, 8, "epoch 0/2", enabled=True, interval=4, stream=stream)
     for step in range(10):
         progress.update(step, 8, torch.tensor(0.5), 1e-3)
     progress.close()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3 and "\r" not in stream.getvalue()  # steps 4, 8 and the last
-    assert lines[-1].startswith("epoch 1/3 step 10/10 (100%)") and "img/s" in lines[-1] and "ETA 0:00:00" in lines[-1]
+    assert lines[-1].startswith("epoch 0/2 step 10/10 (100%)") and "img/s" in lines[-1] and "ETA 0:00:00" in lines[-1]
     assert "loss 0.5000" in lines[0] and "lr 1.00e-03" in lines[0]
 
 
@@ -198,7 +198,7 @@ def test_a_non_finite_loss_names_its_step():
     x[40] = float("nan")  # the sample in step 3 of 4
     loader = DataLoader(TensorDataset(x, y), batch_size=16)
     model = torch.nn.Linear(8, 2)
-    with pytest.raises(TrainingDiverged, match=r"training loss is nan at step 3/4 of epoch 1; nothing of this epoch"):
+    with pytest.raises(TrainingDiverged, match=r"training loss is nan at step 3/4 of epoch 0; nothing of this epoch"):
         train_one_epoch(
             model,
             loader,

@@ -69,23 +69,23 @@ def test_the_evaluation_page_commands(folder, tmp_path, monkeypatch, capsys):
     assert len(labels) == 22 and labels[0][:3] == ["file", "class_1", "prob_1"]
     assert len(json.loads((tmp_path / "out" / "labels.json").read_text())) == 21
     measured = json.loads((tmp_path / "out" / "run_locality" / "kept_epochs.json").read_text())
-    assert [r["epoch"] + 1 for r in measured] == [int(name[6:-4]) for name in sorted(kept, key=lambda n: int(n[6:-4]))]
+    assert [r["epoch"] for r in measured] == [int(name[6:-4]) for name in sorted(kept, key=lambda n: int(n[6:-4]))]
     assert (tmp_path / "out" / "run_locality" / "gates_over_epochs.png").stat().st_size > 0
     averaged = results["python eval.py --checkpoint out/run_avg.pth"]
     assert averaged["val_images"] == 21
     # the history: the best 2 epochs and every 3rd, and the average of the best 2 (the float64 mean)
     log = read_log(run)
     expected = kept_epochs(log, 2, 3)
-    assert kept == sorted(f"epoch_{e + 1}.pth" for e in expected) and 2 in expected
+    assert kept == sorted(f"epoch_{e}.pth" for e in expected) and 2 in expected
     for e in expected:
-        assert read_checkpoint(run / f"epoch_{e + 1}.pth")["val_acc1"] == log[e]["val_acc1"]
+        assert read_checkpoint(run / f"epoch_{e}.pth")["val_acc1"] == log[e]["val_acc1"]
     best_two = sorted(expected, key=lambda e: (-log[e]["val_acc1"], e))[:2]
     avg = read_checkpoint(tmp_path / "out" / "run_avg.pth")
-    assert sorted(Path(f).name for f in avg["averaged_from"]) == sorted(f"epoch_{e + 1}.pth" for e in best_two)
-    states = [read_checkpoint(run / f"epoch_{e + 1}.pth")["model"] for e in best_two]
+    assert sorted(Path(f).name for f in avg["averaged_from"]) == sorted(f"epoch_{e}.pth" for e in best_two)
+    states = [read_checkpoint(run / f"epoch_{e}.pth")["model"] for e in best_two]
     for k, v in avg["model"].items():
         torch.testing.assert_close(v, (sum(s[k].double() for s in states) / 2).float(), msg=k)
-    fails_in_one_line(capsys, "history", history_main, history_args([str(run), "--output", str(run / "epoch_3.pth")]))
+    fails_in_one_line(capsys, "history", history_main, history_args([str(run), "--output", str(run / "epoch_2.pth")]))
     # never over an input; a folder without checkpoints
     fails_in_one_line(capsys, "eval.py", main, parse_args(["--checkpoint", str(run), "--csv", str(run / "last.pth")]))
     fails_in_one_line(capsys, "eval.py", main, parse_args(["--checkpoint", str(tmp_path / "out" / "report")]))

@@ -6,11 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import NO_AUG, ROOT, TINY_MODEL, child_env, read_log, run_script
 
+from convit.training.preemption import Preempted
 from convit.weights import read_checkpoint
 
 TIMING = ("epoch_time_s", "train_images_per_s")
@@ -75,7 +77,7 @@ def interrupted(args, out, action, where, count):
 @pytest.mark.parametrize(
     "action, where, count",
     [
-        ("TERM", "step", 5),  # inside epoch 2's second step
+        ("TERM", "step", 5),  # inside epoch 1, its second step
         ("INT", "step", 1),  # Ctrl-C in the first step: no epoch complete
         ("USR1", "step", 9),  # the last step of the last epoch
         ("TERM", "last.pth", 2),
@@ -103,8 +105,8 @@ def test_kill_9_between_the_epoch_end_writes_is_repaired(args, full, tmp_path, w
     proc = interrupted(args, tmp_path, "KILL", where, 2 if where == "last.pth" else 1)
     assert proc.returncode == -signal.SIGKILL
     resumed = run_script("train.py", args + ["--output-dir", tmp_path, "--resume", "auto"])
-    if where == "last.pth":  # last.pth of epoch 2 was written, its log row was not
-        assert "log.jsonl lacked epoch(s) [2]" in resumed.stdout, resumed.stdout
+    if where == "last.pth":  # the second last.pth (epoch 1) was written, its log row was not
+        assert "log.jsonl lacked epoch(s) [1]" in resumed.stdout, resumed.stdout
     assert_same_run(full, tmp_path)
 
 
@@ -142,7 +144,7 @@ def test_sigterm_from_outside_then_resume(args, full, tmp_path, nproc):
     proc = subprocess.Popen(
         launch + flags, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    wait_for(proc, "epoch 1/3")
+    wait_for(proc, "epoch 0/2")
     proc.send_signal(signal.SIGTERM)
     output = proc.stdout.read()
     proc.wait(timeout=120)
@@ -183,7 +185,7 @@ def test_the_slurm_script_stops_the_run_and_requeues_at_the_time_limit(args, tmp
     out = tmp_path / "run"
     job = ["bash", str(ROOT / "scripts" / "train.sbatch"), *[str(a) for a in args], "--output-dir", str(out)]
     proc = subprocess.Popen(job, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(proc, "epoch 1/3")
+    wait_for(proc, "epoch 0/2")
     proc.send_signal(signal.SIGUSR1)
     output = proc.stdout.read()
     proc.wait(timeout=120)
@@ -193,3 +195,13 @@ def test_the_slurm_script_stops_the_run_and_requeues_at_the_time_limit(args, tmp
     requeued = subprocess.run(job, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert requeued.returncode == 0, requeued.stdout[-2000:] + requeued.stderr[-2000:]
     assert len(read_log(out)) == 3 and read_checkpoint(out / "last.pth")["epoch"] == 2
+
+
+def test_the_stopped_line_counts_epochs_from_0_as_the_log_does():
+    from convit.training.train import preempted_line
+
+    mid = preempted_line(Preempted(signal.SIGTERM, 2, 4), Path("out"))
+    assert "at step 5 of epoch 2;" in mid and "last.pth holds epoch 1 " in mid
+    after = preempted_line(Preempted(signal.SIGUSR1, 3, None), Path("out"))
+    assert "SIGUSR1 after epoch 2;" in after and "last.pth holds epoch 2 " in after
+    assert "no epoch was complete" in preempted_line(Preempted(signal.SIGINT, 0, 0), Path("out"))
