@@ -236,35 +236,70 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
 
 
-def run_grid(plan, out: Path, base: Config, config_of, steps: int, warmup_steps: int, data, key: str = "model"):
-    """Train every (``key``, fraction, seed) of ``plan`` not yet in OUT/results.csv, appending its rows to
-    results.csv and locality.csv as soon as it ends, with a progress line (elapsed, ETA) per run.
+def run_grid(
+    plan,
+    out: Path,
+    base: Config,
+    config_of,
+    steps: int,
+    warmup_steps: int,
+    data,
+    key: str = "model",
+    train=None,
+    outputs: tuple[str, ...] = ("locality.csv",),
+    unit: str = "images",
+):
+    """Train every (``key``, fraction, seed) of ``plan`` not yet in OUT/results.csv, appending its rows as soon as
+    it ends, with a progress line (elapsed, ETA) per run.
 
-    ``config_of(base, name, fraction, seed)`` gives each run's Config; ``data`` is (train arrays, val loader,
-    val images)."""
-    train_data, val_loader, val_images = data
+    ``config_of(base, name, fraction, seed)`` gives each run's Config. ``train(cfg)`` gives (its results row,
+    {name in ``outputs``: (rows, fields)}); by default ``train_run`` on ``data`` ((train arrays, val loader, val
+    images)), its locality rows going to locality.csv. A run's ``outputs`` rows are written before its
+    results.csv row, so that it counts as done only once all are written; the rows of a run left unfinished
+    are dropped first (it runs again)."""
+    if train is None:
+
+        def train(cfg: Config):
+            result, locality = train_run(cfg, steps, warmup_steps, *data)
+            return result, {"locality.csv": (locality, [key] + LOCALITY_FIELDS[1:])}
+
+    drop_unfinished(out, outputs, key)
     done = {(r[key], float(r["fraction"]), int(r["seed"])) for r in read_csv(out / "results.csv")}
     todo = [run for run in plan if run not in done]
     if len(todo) < len(plan):
         print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out}/results.csv", flush=True)
-    result_fields = [key] + RESULT_FIELDS[1:]
-    locality_fields = [key] + LOCALITY_FIELDS[1:]
     start = time.perf_counter()
     for i, (name, fraction, seed) in enumerate(todo, 1):
-        cfg = config_of(base, name, fraction, seed)
-        result, locality = train_run(cfg, steps, warmup_steps, train_data, val_loader, val_images)
+        result, written = train(config_of(base, name, fraction, seed))
         row = {key: name, "fraction": fraction, "seed": seed}
-        append_csv(out / "results.csv", [{**row, **result}], result_fields)
-        append_csv(out / "locality.csv", [{**row, **r} for r in locality], locality_fields)
+        for output, (rows, fields) in written.items():
+            append_csv(out / output, [{**row, **r} for r in rows], fields)
+        append_csv(out / "results.csv", [{**row, **result}], [key] + RESULT_FIELDS[1:])
         elapsed = time.perf_counter() - start
         eta = elapsed / i * (len(todo) - i)
         print(
             f"[{i:2d}/{len(todo)}] {name:13s} fraction {fraction:<4g} seed {seed}: "
-            f"{result['train_images']:4d} images, {steps} steps, val top-1 {result['val_acc1']:6.2f} "
+            f"{result['train_images']:4d} {unit}, {steps} steps, val top-1 {result['val_acc1']:6.2f} "
             f"(loss {result['val_loss']:.3f}), {result['seconds']:.0f}s | elapsed {elapsed / 60:.1f} min, "
             f"ETA {eta / 60:.1f} min",
             flush=True,
         )
+
+
+def drop_unfinished(out: Path, outputs: tuple[str, ...], key: str = "model") -> None:
+    """Keep in each of ``outputs`` only the runs that results.csv holds (an interrupted run's rows are written
+    again when it reruns)."""
+    done = {(r[key], r["fraction"], r["seed"]) for r in read_csv(out / "results.csv")}
+    for output in outputs:
+        path = out / output
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows, fields = list(reader), list(reader.fieldnames or [])
+        kept = [r for r in rows if (r[key], r["fraction"], r["seed"]) in done]
+        if len(kept) < len(rows):
+            write_csv(path, kept, fields)
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -132,43 +132,6 @@ def train_run(cfg, steps: int, warmup_steps: int, checkpoints: int, data):
     return result, locality, dynamics
 
 
-def run_all(plan, out: Path, base, args, data) -> None:
-    """Train every (model, fraction, seed) of ``plan`` not yet in OUT/results.csv, appending its rows as soon as
-    it ends, with a progress line (elapsed, ETA) per run."""
-    done = {(r["model"], float(r["fraction"]), int(r["seed"])) for r in harness.read_csv(out / "results.csv")}
-    todo = [run for run in plan if run not in done]
-    if len(todo) < len(plan):
-        print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out}/results.csv", flush=True)
-    start = time.perf_counter()
-    for i, (name, fraction, seed) in enumerate(todo, 1):
-        cfg = de.run_config(base, name, fraction, seed)
-        result, locality, dynamics = train_run(cfg, args.steps, args.warmup_steps, args.checkpoints, data)
-        row = {"model": name, "fraction": fraction, "seed": seed}
-        # dynamics and locality first: a run counts as done once its results.csv row is written
-        harness.append_csv(out / "dynamics.csv", [{**row, **r} for r in dynamics], DYNAMICS_FIELDS)
-        harness.append_csv(out / "locality.csv", [{**row, **r} for r in locality], harness.LOCALITY_FIELDS)
-        harness.append_csv(out / "results.csv", [{**row, **result}], harness.RESULT_FIELDS)
-        elapsed = time.perf_counter() - start
-        eta = elapsed / i * (len(todo) - i)
-        print(
-            f"[{i:2d}/{len(todo)}] {name:6s} fraction {fraction:<4g} seed {seed}: {result['train_images']:4d} "
-            f"canvases, {args.steps} steps, val top-1 {result['val_acc1']:6.2f} (loss {result['val_loss']:.3f}), "
-            f"{result['seconds']:.0f}s | elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min",
-            flush=True,
-        )
-
-
-def drop_unfinished(out: Path) -> None:
-    """Keep in locality.csv and dynamics.csv only the runs that results.csv holds (an interrupted run's
-    rows are written again when it reruns)."""
-    done = {(r["model"], r["fraction"], r["seed"]) for r in harness.read_csv(out / "results.csv")}
-    for name, fields in (("locality.csv", harness.LOCALITY_FIELDS), ("dynamics.csv", DYNAMICS_FIELDS)):
-        rows = harness.read_csv(out / name)
-        kept = [r for r in rows if (r["model"], r["fraction"], r["seed"]) in done]
-        if len(kept) < len(rows):
-            harness.write_csv(out / name, kept, fields)
-
-
 def summarize(results: list[dict]) -> list[dict]:
     """de.summarize's rows (means, paired gap, the paper's) with the gap's 95 % CI and paired t-test."""
     rows = de.summarize(results)
@@ -232,7 +195,6 @@ def main(argv=None) -> None:
     harness.prepare_out(out, args.resume, args.overwrite)
     if args.overwrite and not args.resume:
         (out / "dynamics.csv").unlink(missing_ok=True)
-    drop_unfinished(out)
 
     setting = describe(base, args)
     print(setting, flush=True)
@@ -243,7 +205,26 @@ def main(argv=None) -> None:
     data = ((Xtr, ytr), val_loader, one_each, one_each[:DYNAMICS_IMAGES])
 
     plan = [(m, f, s) for s in seeds for f in fractions for m in models]  # seeds outermost
-    run_all(plan, out, base, args, data)
+
+    def train(cfg):
+        result, locality, dynamics = train_run(cfg, args.steps, args.warmup_steps, args.checkpoints, data)
+        return result, {
+            "locality.csv": (locality, harness.LOCALITY_FIELDS),
+            "dynamics.csv": (dynamics, DYNAMICS_FIELDS),
+        }
+
+    harness.run_grid(
+        plan,
+        out,
+        base,
+        de.run_config,
+        args.steps,
+        args.warmup_steps,
+        data,
+        train=train,
+        outputs=("locality.csv", "dynamics.csv"),
+        unit="canvases",
+    )
 
     results = harness.read_csv(out / "results.csv")
     locality, dynamics = harness.read_csv(out / "locality.csv"), harness.read_csv(out / "dynamics.csv")
