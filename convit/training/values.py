@@ -137,7 +137,7 @@ def check_model_kwargs(kwargs: dict, where: str, model: str | None = None) -> di
     """``kwargs`` unchanged, or a ConfigError naming the first key ``model`` does not take (ConViT's arguments when
     no other timm model is named; a ConViT option another model lacks is named as such) or a value of the wrong
     kind (a word where the default is a number, a number where it is a boolean)."""
-    from ..timm_models import convit_only
+    from ..timm_models import convit_only, is_convit
 
     valid = model_arguments(model)
     defaults = _defaults(model)
@@ -148,8 +148,10 @@ def check_model_kwargs(kwargs: dict, where: str, model: str | None = None) -> di
                 raise ConfigError(
                     f"{option} is a ConViT option and {model} does not take {key}; drop it or train a convit_* model"
                 )
-            where_model = f"model argument of {model}" if model is not None else "model argument"
-            raise ConfigError(f"{where}: {unknown_key_message(key, valid, where_model)}")
+            message = unknown_key_message(key, valid, "model argument")
+            if model is not None and not is_convit(model):
+                message = f"{model}: {message}"
+            raise ConfigError(f"{where}: {message}")
         expected = _kind_of(defaults.get(key))
         if expected and not _is_kind(value, expected):
             raise ConfigError(f"{where}: model argument {key} must be {expected}, not {short(value)}")
