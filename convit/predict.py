@@ -180,7 +180,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="weights: ours, timm's or the authors'")
-    p.add_argument("--model", metavar="NAME", help="the variant, for checkpoints that do not name it")
+    p.add_argument(
+        "--model", metavar="NAME", help="a ConViT variant or any timm model name, for checkpoints that do not name it"
+    )
     p.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
     p.add_argument("--class-map", metavar="PATH", help="class names, one per line in label order; default: ours")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes per image; default: 5")

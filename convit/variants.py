@@ -13,7 +13,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .model import VARIANT_WIDTHS, ConViT
 
 VARIANTS = VARIANT_WIDTHS  # name: (num_heads, width per head)
@@ -133,12 +133,26 @@ with _replacing_timm_entries():
         return _create("convit_base_plus", pretrained, **kwargs)
 
 
-def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) -> ConViT:
-    """``timm.create_model`` for one of the six variants; an unknown name or argument is a UserError."""
+def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) -> torch.nn.Module:
+    """``timm.create_model`` for one of the six variants or any other timm model; an unknown name or argument is
+    a UserError (the arguments of a timm model are those of the class it builds: ``convit.timm_models``)."""
     import timm
 
+    from .timm_models import constructor_arguments, model_name_problem
+
     if name not in VARIANTS:
-        raise UserError(f"unknown model '{name}'; use one of {', '.join(sorted(VARIANTS))}")
+        problem = model_name_problem(name)
+        if problem:
+            raise UserError(problem)
+        accepted = constructor_arguments(name)
+        builder = {"features_only", "out_indices", "pretrained_cfg_overlay"}
+        unknown = sorted(set(kwargs) - set(accepted) - builder) if accepted is not None else []
+        if unknown:
+            raise UserError(f"{name} takes no argument {unknown[0]!r}; its arguments: {', '.join(sorted(accepted))}")
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        except (TypeError, ValueError, AssertionError) as e:  # the constructor's own checks: one line
+            raise UserError(f"{name} cannot be built with {kwargs}: {first_line(e)}") from None
     known = set(inspect.signature(ConViT).parameters) | {"features_only", "out_indices", "pretrained_cfg_overlay"}
     unknown = sorted(set(kwargs) - known)
     if unknown:

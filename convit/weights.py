@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError, first_line
+from .timm_models import takes
 from .variants import create_model
 
 FORMAT = "convit-train-v1"
@@ -154,8 +155,10 @@ def model_from_checkpoint(
     ckpt = read_checkpoint(path)
     state_dict = extract_state_dict(ckpt, use_ema=use_ema)
     if is_training_checkpoint(ckpt):
+        name = name or ckpt["model_name"]
         kwargs = {k: v for k, v in ckpt["model_kwargs"].items() if k not in ("drop_rate", "drop_path_rate")}
-        model = create_model(name or ckpt["model_name"], ckpt["num_classes"], **{**kwargs, **overrides})
+        overrides = {k: v for k, v in overrides.items() if k != "img_size" or takes(name, k)}  # a CNN: any size
+        model = create_model(name, ckpt["num_classes"], **{**kwargs, **overrides})
     else:
         inferred = inferred_settings(ckpt, state_dict)
         name = name or inferred.get("model")

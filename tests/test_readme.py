@@ -197,6 +197,10 @@ COVERED = {
     ),
     "python eval.py --checkpoint out/run_avg.pth": (ELSEWHERE, EVAL_PAGE),
     "python train.py": ("digits", None),
+    "python train.py --model resnet18 --output-dir out/resnet18_digits": (
+        ELSEWHERE,
+        "tests/training/test_timm_models.py::test_the_baselines_command_trains_and_evaluates_a_resnet",
+    ),
     "python train.py --model convit_base --data-path /data/imagenet --epochs 1": ("base", []),
     "python train.py --config configs/in1k.yaml --model convit_base --data-path /data/imagenet --epochs 1": (
         "base",

@@ -9,10 +9,19 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from ..timm_models import model_name_problem
 from .checks import validate
 from .recipes import DIGITS_RECIPE, IMAGENET_RECIPE, find_config, list_configs, load_recipe, merge
 from .schema import FIELDS, GROUPS, HINTS, MODEL_FLAGS, Config, help_line
-from .values import ConfigError, check_model_kwargs, coerce, parse_scalar, unknown_key_message
+from .values import (
+    ConfigError,
+    check_model_kwargs,
+    coerce,
+    fit_model_kwargs,
+    parse_scalar,
+    unknown_key_message,
+    unused_drop_rates,
+)
 
 
 def metavar(name: str) -> str:
@@ -65,7 +74,7 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         usage="%(prog)s [--config RECIPE] [--list-configs] [--KEY-NAME VALUE ...] (every key and its values below)",
-        description="Train a ConViT. Every key of a recipe is also a flag; the defaults shown are the built-in ones, which the "
+        description="Train a ConViT (or any timm model: --model resnet18). Every key of a recipe is also a flag; the defaults shown are the built-in ones, which the "
         "recipe (--config) changes where it says so. "
         "A boolean flag alone means true (--model-ema); --model-ema false turns it off.",
         allow_abbrev=False,
@@ -80,7 +89,9 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     parser.add_argument("--list-configs", action="store_true", help="print the shipped recipes and exit")
     ordered = sorted(FIELDS, key=lambda n: GROUPS.index(FIELDS[n].metadata["group"]))
     add_keys(parser, ordered)
-    model = parser.add_argument_group("model arguments (they go into model_kwargs and survive --model)")
+    model = parser.add_argument_group(
+        "model arguments (they go into model_kwargs and survive --model; a timm model takes those its class has)"
+    )
     for name, text in MODEL_FLAGS.items():
         model.add_argument(
             "--" + name.replace("_", "-"),
@@ -127,11 +138,20 @@ def resolve(argv: list[str] | None = None, prog: str = "train.py") -> Resolved:
             f"its model_kwargs ({dropped}) are dropped"
         )
     values = merge(values, cli)
+    model = str(values.get("model", FIELDS["model"].default))
+    problem = model_name_problem(model)
+    if problem:
+        raise ConfigError(problem)
+    explicit = check_model_kwargs(cli.get("model_kwargs", {}), "--model-kwargs", model)
+    merged = values.get("model_kwargs", {})
+    # the recipe's: those another timm model does not take are left out, and said so
+    kept, left_out = fit_model_kwargs(model, {k: v for k, v in merged.items() if k not in explicit})
+    values["model_kwargs"] = {k: v for k, v in merged.items() if k in explicit or k in kept}
+    notes += left_out
     if model_args:
-        values["model_kwargs"] = {**values.get("model_kwargs", {}), **check_model_kwargs(model_args, "command line")}
-    if "model_kwargs" in cli:
-        check_model_kwargs(cli["model_kwargs"], "--model-kwargs")
+        values["model_kwargs"] = {**values["model_kwargs"], **check_model_kwargs(model_args, "command line", model)}
     cfg = validate(Config(**values))
+    notes += unused_drop_rates(cfg)
     overrides = {**{k: v for k, v in cli.items() if k != "model_kwargs"}, **model_args}
     return Resolved(cfg, str(find_config(recipe).resolve()), notes, overrides)
 

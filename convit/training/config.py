@@ -1,8 +1,8 @@
 """A run's settings: the ``Config`` of a command line, and its plain-dict and YAML forms.
 
 A recipe (``configs/*.yaml``, shipped inside the package and found by name or path) holds only what
-differs from its ``base:`` recipe. ``model:`` names a variant and ``model_kwargs:`` the constructor
-arguments where the recipe departs from that variant; those kwargs belong to the model named beside
+differs from its ``base:`` recipe. ``model:`` names a variant or any timm model and ``model_kwargs:`` the
+constructor arguments where the recipe departs from it; those kwargs belong to the model named beside
 them, so ``--model X`` naming another model drops them (and says so). The command line overrides any
 key as ``--key-name value``; constructor arguments have flags of their own (``--embed-dim 96``,
 ``--depth 6``, ...) that always apply. Every key and value is checked before anything runs.

@@ -27,8 +27,12 @@ def seed_everything(seed: int) -> None:
 
 
 def model_kwargs(cfg: Config) -> dict:
-    """Constructor keywords of the run's model: the recipe's model_kwargs, input size and drop rates."""
-    return {"img_size": cfg.img_size, "drop_rate": cfg.drop, "drop_path_rate": cfg.drop_path, **cfg.model_kwargs}
+    """Constructor keywords of the run's model: the recipe's model_kwargs, input size and drop rates (of the last
+    three, those the model takes: a CNN of timm's has no ``img_size``)."""
+    from ..timm_models import takes
+
+    generic = {"img_size": cfg.img_size, "drop_rate": cfg.drop, "drop_path_rate": cfg.drop_path}
+    return {**{k: v for k, v in generic.items() if takes(cfg.model, k)}, **cfg.model_kwargs}
 
 
 def scaled_lr(cfg: Config, world_size: int, accum_steps: int = 1) -> float:

@@ -76,7 +76,9 @@ def parse_args(argv=None):
         help="checkpoint files (ours, timm's or the original authors'), or run folders (their *.pth, one row each)",
     )
     what.add_argument("--pretrained", action="store_true", help="timm's pretrained weights for --model")
-    what.add_argument("--model", metavar="NAME", help="variant name; read from the checkpoint when omitted")
+    what.add_argument(
+        "--model", metavar="NAME", help="a ConViT variant or any timm model name; read from the checkpoint when omitted"
+    )
     what.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of the checkpoint")
     add_keys(p, SHARED_KEYS, EVAL_DEFAULTS)
     out = p.add_argument_group("output")
@@ -147,7 +149,8 @@ def load_model(args, checkpoint):
                 f"cannot fetch timm's pretrained weights for {args.model} ({type(e).__name__}); "
                 "without network, download the file elsewhere and pass --checkpoint FILE"
             ) from None
-        return model, Config(model=args.model, img_size=model.img_size[0], data="imagefolder"), None
+        size = model.img_size[0] if hasattr(model, "img_size") else model.pretrained_cfg["input_size"][-1]
+        return model, Config(model=args.model, img_size=size, data="imagefolder"), None
     model, ckpt = model_from_checkpoint(
         checkpoint, args.model, use_ema=args.use_ema, **({"img_size": args.img_size} if args.img_size else {})
     )

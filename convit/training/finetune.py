@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import UserError, first_line
+from ..model import ConViT
 from ..weights import CheckpointError, extract_state_dict, is_training_checkpoint, read_checkpoint
 from .config import Config
 
@@ -59,14 +60,21 @@ def _state_dict(path, ckpt=None) -> dict:
 
 def _hub_weights(name: str) -> dict:
     """timm's published weights of ``name`` through the hub, or one line saying why not."""
-    from ..variants import PUBLISHED_WEIGHTS, create_model
+    import timm
 
-    if name not in PUBLISHED_WEIGHTS:
+    from ..variants import PUBLISHED_WEIGHTS, VARIANTS, create_model
+
+    if name in VARIANTS and name not in PUBLISHED_WEIGHTS:
         raise FinetuneError(
             f"timm publishes no weights for {name}; --finetune pretrained works for {', '.join(PUBLISHED_WEIGHTS)}"
         )
+    published = name in VARIANTS or bool(timm.list_pretrained(name.split(".")[0] + ".*"))
+    if not published:
+        raise FinetuneError(f"timm publishes no weights for {name}; pass a weights file with --pretrained-file PATH")
     try:
-        return create_model(name, 1000, pretrained=True).state_dict()
+        if name in VARIANTS:
+            return create_model(name, 1000, pretrained=True).state_dict()
+        return timm.create_model(name, pretrained=True).state_dict()
     except UserError:
         raise
     except Exception as e:  # the hub's many network/cache errors
@@ -86,13 +94,16 @@ def prepare(source: Source, model: torch.nn.Module, class_names: list[str]) -> t
     source = converted_source(source, model)  # a ViT/DeiT's weights for a ConViT: converted (convit.convert)
     sd = dict(source.state_dict)
     expected = model.state_dict()
-    body = {k for k in expected if k not in HEAD_KEYS}
+    heads = head_keys(model)
+    body = {k for k in expected if k not in heads}
     missing = sorted(body - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
         what = "is not a ConViT" if "patch_embed.proj.weight" not in sd else "does not fit the recipe's model"
+        if not isinstance(model, ConViT):
+            what = f"does not fit the recipe's {type(model).__name__}"
         raise FinetuneError(
-            f"--finetune {source.description} {what} ({len(model.blocks)} blocks, width {model.embed_dim}): "
+            f"--finetune {source.description} {what} ({_shape(model)}): "
             f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
             f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
         )
@@ -111,8 +122,9 @@ def prepare(source: Source, model: torch.nn.Module, class_names: list[str]) -> t
                 f"there, {list(want)} here; set the recipe's model_kwargs (width, heads, depth) to the source's"
             )
     notes = list(source.notes)
+    weight = next((k for k in heads if k.endswith(".weight")), "head.weight")
     n = len(class_names)
-    source_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+    source_classes = sd[weight].shape[0] if weight in sd else 0
     if source.class_names is None:
         notes.append(f"{source.description} carries no class names")
     if source_classes != n:
@@ -122,11 +134,11 @@ def prepare(source: Source, model: torch.nn.Module, class_names: list[str]) -> t
         notes.append("the head is re-initialised: the source's class names differ from the data's")
         keep_head = False
     else:
-        keep_head = tuple(sd["head.weight"].shape) == tuple(expected["head.weight"].shape)
+        keep_head = tuple(sd[weight].shape) == tuple(expected[weight].shape)
         if keep_head:
             notes.append(f"the source's head ({n} classes) is kept")
     if not keep_head:
-        sd = {k: v for k, v in sd.items() if k not in HEAD_KEYS}
+        sd = {k: v for k, v in sd.items() if k not in heads}
     return sd, notes
 
 
@@ -137,7 +149,7 @@ def load_source(model: torch.nn.Module, source: Source, class_names: list[str]) 
         result = model.load_state_dict(sd, strict=False)
     except (ValueError, RuntimeError) as e:
         raise FinetuneError(f"--finetune {source.description} does not fit the model ({e})") from None
-    left = [k for k in result.missing_keys if k not in HEAD_KEYS]
+    left = [k for k in result.missing_keys if k not in head_keys(model)]
     if left or result.unexpected_keys:  # prepare() has checked; this guards the invariant
         raise FinetuneError(
             f"--finetune {source.description}: missing {left[:3]}, unexpected {result.unexpected_keys[:3]}"
@@ -145,11 +157,24 @@ def load_source(model: torch.nn.Module, source: Source, class_names: list[str]) 
     return notes  # a dropped head keeps the fresh initialisation the model was built with
 
 
+def head_keys(model: torch.nn.Module) -> tuple[str, ...]:
+    """The state-dict keys of the model's classifier (timm's ``pretrained_cfg["classifier"]``: ``head``, ``fc``, ...)."""
+    names = getattr(model, "pretrained_cfg", {}).get("classifier") or "head"
+    names = (names,) if isinstance(names, str) else tuple(names)
+    keys = tuple(k for k in model.state_dict() if any(k.startswith(n + ".") for n in names))
+    return keys or HEAD_KEYS
+
+
+def _shape(model: torch.nn.Module) -> str:
+    if hasattr(model, "blocks") and hasattr(model, "embed_dim"):
+        return f"{len(model.blocks)} blocks, width {model.embed_dim}"
+    return type(model).__name__
+
+
 def converted_source(source: Source, model: torch.nn.Module) -> Source:
     """``source`` unchanged, or, when it holds a timm ViT/DeiT's (or a DeiT twin's) weights and ``model`` has GPSA
     blocks, those weights converted with ``convit.convert`` (gates at its default), with a note saying so."""
     from ..convert import DEFAULT_GATE, ConversionError, convert_state_dict, is_vit_state_dict
-    from ..model import ConViT
 
     if not (isinstance(model, ConViT) and model.local_up_to_layer > 0 and is_vit_state_dict(source.state_dict)):
         return source

@@ -8,7 +8,7 @@ import yaml
 
 from ..errors import first_line
 from .schema import FIELDS
-from .values import ConfigError, check_model_kwargs, coerce, short, unknown_key_message
+from .values import ConfigError, check_model_kwargs, coerce, fit_model_kwargs, short, unknown_key_message
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DIGITS_RECIPE = "digits"  # `python train.py` with no --config and no --data-path
@@ -84,9 +84,12 @@ def load_recipe(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
         if key not in FIELDS:
             raise ConfigError(f"{path}: {unknown_key_message(key)}")
         own[key] = coerce(key, value)
+    merged = merge(values, own)
     if "model_kwargs" in own:
-        check_model_kwargs(own["model_kwargs"], str(path))
-    return merge(values, own)
+        # the arguments of the recipe's model; a ConViT argument another timm model lacks is left out later
+        model = str(merged.get("model", FIELDS["model"].default))
+        check_model_kwargs(fit_model_kwargs(model, own["model_kwargs"])[0], str(path), model)
+    return merged
 
 
 def merge(base: dict, over: dict) -> dict:

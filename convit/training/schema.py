@@ -61,7 +61,11 @@ class Config:
         8, "loader processes per training process (0: load in the main process)", "data", range=(0, 1024, True, True)
     )
     # model
-    model: str = key("convit_small", "the variant (convit_tiny ... convit_base_plus)", "model")
+    model: str = key(
+        "convit_small",
+        "a ConViT variant (convit_tiny ... convit_base_plus) or any timm model name (resnet18, ...)",
+        "model",
+    )
     model_kwargs: dict = key(
         None, "constructor arguments where the recipe departs from the variant (k=v,k=v)", "model", factory=dict
     )

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from convit.data import build_loaders, first_images, input_channels, set_epoch
 from convit.errors import run_entry_point
-from convit.locality import epoch_locality
+from convit.locality import LocalityError, epoch_locality, patch_grid
 from convit.training.checkpoint import (
     best_weights,
     build_checkpoint,
@@ -247,6 +247,11 @@ def main(argv=None) -> None:
     locality_images = None
     if dist.is_main and cfg.locality_images > 0:
         locality_images = torch.stack([x for x, _ in first_images(loaders.val.dataset, cfg.locality_images)]).to(device)
+        try:
+            patch_grid(model, locality_images.shape[-2:])  # a model family the measures read
+        except LocalityError as e:
+            print(f"note: no locality measures in the log: {e}", flush=True)
+            locality_images = None
 
     stop = StopRequest(cfg.stop_signals).install()
     try:

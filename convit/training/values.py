@@ -110,27 +110,82 @@ def unknown_key_message(name: str, valid=None, where: str = "config key") -> str
     return f"unknown {where} '{name}'; {hint}valid: {', '.join(sorted(valid))}"
 
 
-def model_arguments() -> set[str]:
-    """The names ``model_kwargs`` may hold: ConViT's constructor arguments the recipe may set."""
+def model_arguments(model: str | None = None) -> set[str] | None:
+    """The names ``model_kwargs`` may hold: ConViT's constructor arguments the recipe may set (for a ConViT
+    variant, or no model named), those of the class timm builds for any other ``model`` (None: it takes any)."""
+    from ..timm_models import constructor_arguments, is_convit, model_name_problem
+
+    if model is not None and not is_convit(model) and model_name_problem(model) is None:
+        params = constructor_arguments(model)
+        return None if params is None else set(params) - RESERVED_KWARGS - {"device", "dtype"}
     from ..model import ConViT
 
     return set(inspect.signature(ConViT).parameters) - RESERVED_KWARGS
 
 
-def check_model_kwargs(kwargs: dict, where: str) -> dict:
-    """``kwargs`` unchanged, or a ConfigError naming the first key ConViT does not take or a value of the
-    wrong kind (a word where the default is a number, a number where it is a boolean)."""
+def _defaults(model: str | None) -> dict:
+    from ..timm_models import constructor_arguments, is_convit
+
+    if model is not None and not is_convit(model):
+        return constructor_arguments(model) or {}
     from ..model import ConViT
 
-    valid = model_arguments()
-    defaults = {n: p.default for n, p in inspect.signature(ConViT).parameters.items()}
+    return {n: p.default for n, p in inspect.signature(ConViT).parameters.items()}
+
+
+def check_model_kwargs(kwargs: dict, where: str, model: str | None = None) -> dict:
+    """``kwargs`` unchanged, or a ConfigError naming the first key ``model`` does not take (ConViT's arguments when
+    no other timm model is named; a ConViT option another model lacks is named as such) or a value of the wrong
+    kind (a word where the default is a number, a number where it is a boolean)."""
+    from ..timm_models import convit_only, is_convit
+
+    valid = model_arguments(model)
+    defaults = _defaults(model)
     for key, value in kwargs.items():
-        if key not in valid:
-            raise ConfigError(f"{where}: {unknown_key_message(key, valid, 'model argument')}")
+        if valid is not None and key not in valid:
+            if model is not None and convit_only(model, key):
+                option = f"--{key.replace('_', '-')}" if where == "command line" else f"{where} {key}"
+                raise ConfigError(
+                    f"{option} is a ConViT option and {model} does not take {key}; drop it or train a convit_* model"
+                )
+            message = unknown_key_message(key, valid, "model argument")
+            if model is not None and not is_convit(model):
+                message = f"{model}: {message}"
+            raise ConfigError(f"{where}: {message}")
         expected = _kind_of(defaults.get(key))
         if expected and not _is_kind(value, expected):
             raise ConfigError(f"{where}: model argument {key} must be {expected}, not {short(value)}")
     return kwargs
+
+
+def fit_model_kwargs(model: str, kwargs: dict) -> tuple[dict, list[str]]:
+    """(the recipe's ``kwargs`` that timm model ``model`` takes, a note naming those left out): a recipe's ConViT
+    arguments do not apply to another model. A ConViT variant keeps them all (``check_model_kwargs`` checks them)."""
+    from ..timm_models import is_convit, model_name_problem
+
+    valid = model_arguments(model)
+    left = (
+        {}
+        if valid is None or is_convit(model) or model_name_problem(model)
+        else {k: v for k, v in kwargs.items() if k not in valid}
+    )
+    if not left:
+        return kwargs, []
+    listed = ", ".join(f"{k}={v}" for k, v in left.items())
+    kept = {k: v for k, v in kwargs.items() if k not in left}
+    return kept, [f"{model} does not take the recipe's model_kwargs {listed}: left out"]
+
+
+def unused_drop_rates(cfg) -> list[str]:
+    """Notes for the drop rates set above 0 that the run's model does not take (a timm model without them)."""
+    from ..timm_models import takes
+
+    notes = []
+    for key, argument in (("drop", "drop_rate"), ("drop_path", "drop_path_rate")):
+        value = getattr(cfg, key)
+        if value and not takes(cfg.model, argument):
+            notes.append(f"{cfg.model} takes no {argument}: {key} {value} is not used")
+    return notes
 
 
 def _kind_of(default) -> str | None:
