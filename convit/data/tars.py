@@ -61,7 +61,9 @@ def tar_reader(path: str, folder: str | None, class_map: list[str] | None):
     except ValueError:  # timm's reader found no image file at all
         raise DataError(f"'{path}' holds no images; expected {where}CLASS/IMAGE.jpg") from None
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise DataError(f"cannot read '{path}' ({type(e).__name__}: a truncated or damaged tar?); pack it anew") from None
+        raise DataError(
+            f"cannot read '{path}' ({type(e).__name__}: a truncated or damaged tar?); pack it anew"
+        ) from None
     keep, names = [], []
     for i, (info, _, child) in enumerate(reader.samples):
         if child is not None:
