@@ -89,7 +89,7 @@ def image_folder(root: str, split: str, transform) -> ImageFolder:
     if not os.path.isdir(path):
         raise DataError(
             f"data folder '{path}' not found; --data-path must hold train/ and val/ "
-            "folders with one sub-folder of images per class"
+            "folders with one sub-folder of images per class (or train.tar and val.tar of them)"
         )
     try:
         return UniqueImageFolder(path, transform=transform, loader=pil_rgb_loader)
