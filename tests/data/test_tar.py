@@ -74,6 +74,14 @@ def test_sharded_evaluation_counts_each_tar_image_once(packed, workers):
         loader = build_loaders(cfg, rank, 2, need_train=False).val
         seen += [bytes(x.numpy().tobytes()) for images, _ in loader for x in images]
     assert sorted(seen) == expected  # 21 images, each once, read right by loader workers too
+    if workers:  # a loader worker forked after the parent read the tar opens it anew, rather than share its file
+        val = build_datasets(cfg, False)[1]
+        x0, _ = val[0]
+        parent = val.reader.tar_state.tf
+        val.pid = -1  # as in a forked worker
+        x1, _ = val[1]
+        assert val.reader.tar_state.tf is not parent and val.reader.tar_state.tf is not None
+        torch.testing.assert_close(val[0][0], x0)
 
 
 def test_train_and_evaluate_from_tar_files(packed, tmp_path):
