@@ -169,6 +169,12 @@ COVERED = {
         DATA_PAGE,
     ),
     "torchrun --nproc_per_node=2 eval.py --checkpoint out/wds/best.pth": (ELSEWHERE, DATA_PAGE),
+    "tar -cf data/colors.tar -C data/images train val": (ELSEWHERE, DATA_PAGE),
+    "python train.py --data-path data/colors.tar --class-map data/classes.txt --output-dir out/tar": (
+        ELSEWHERE,
+        DATA_PAGE,
+    ),
+    "python eval.py --checkpoint out/tar/best.pth": (ELSEWHERE, DATA_PAGE),
     "python train.py --data torch/mnist --data-path data/mnist --val-split test --output-dir out/mnist": (
         ELSEWHERE,
         DATA_PAGE,

@@ -19,13 +19,20 @@ def pil_rgb_loader(path: str) -> Image.Image:
     """Open an image as RGB, or raise DataError naming the file."""
     try:
         with open(path, "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+            return rgb_image(f, path)
+    except OSError as e:
         raise DataError(f"cannot read image '{path}' ({type(e).__name__}); delete or replace the file") from None
+
+
+def rgb_image(file, name: str) -> Image.Image:
+    """The image in an open binary file as RGB, or a DataError naming it (``name``)."""
+    try:
+        return Image.open(file).convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise DataError(f"cannot read image '{name}' ({type(e).__name__}); delete or replace the file") from None
     except Image.DecompressionBombError:
         raise DataError(
-            f"image '{path}' has more pixels than PIL opens safely ({Image.MAX_IMAGE_PIXELS} x 2, a decompression "
+            f"image '{name}' has more pixels than PIL opens safely ({Image.MAX_IMAGE_PIXELS} x 2, a decompression "
             "bomb?); delete the file, or shrink it if it is a real image"
         ) from None
 
@@ -82,7 +89,7 @@ def image_folder(root: str, split: str, transform) -> ImageFolder:
     if not os.path.isdir(path):
         raise DataError(
             f"data folder '{path}' not found; --data-path must hold train/ and val/ "
-            "folders with one sub-folder of images per class"
+            "folders with one sub-folder of images per class (or train.tar and val.tar of them)"
         )
     try:
         return UniqueImageFolder(path, transform=transform, loader=pil_rgb_loader)

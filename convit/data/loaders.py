@@ -1,4 +1,5 @@
-"""Datasets and loaders of a run: the digits, ImageFolders and transfer sets, samplers, sharded validation.
+"""Datasets and loaders of a run: the digits, ImageFolders (folders or tar files), transfer sets, samplers,
+sharded validation.
 
 Training batches come from a repeated-augmentation or plain distributed sampler; validation is
 sharded without padding (rank r takes images r, r + world, ...), so that summing per-rank counts
@@ -18,8 +19,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 
 from .cluttered import cluttered_datasets
 from .digits import DIGITS_CLASSES, DigitsDataset, digits_split, digits_subset
-from .factory import RankStride, is_iterable, is_timm_source, timm_datasets
+from .factory import RankStride, is_iterable, is_timm_source, read_class_map, timm_datasets
 from .folders import DataError, class_balanced_subset, image_folder
+from .tars import TarImageFolder, tar_split
 from .transfer import transfer_datasets
 from .transforms import imagenet_transforms
 
@@ -53,15 +55,17 @@ def build_datasets(cfg, need_train: bool = True):
     elif cfg.data not in ("digits", "imagefolder", "cluttered"):
         train, val, class_names = transfer_datasets(cfg, need_train)
     elif cfg.data == "imagefolder":
-        if not os.path.isdir(cfg.data_path):
+        if not os.path.exists(cfg.data_path):
             raise DataError(
-                f"data folder '{cfg.data_path}' not found; pass --data-path DIR with train/ and val/ ImageFolders"
+                f"data folder '{cfg.data_path}' not found; pass --data-path DIR with train/ and val/ ImageFolders "
+                "(or train.tar and val.tar), or a .tar of such a folder"
             )
-        val = image_folder(cfg.data_path, "val", imagenet_transforms(cfg, train=False))
-        train = image_folder(cfg.data_path, "train", imagenet_transforms(cfg, train=True)) if need_train else None
+        class_map = read_class_map(cfg.class_map) if cfg.class_map else None
+        val = folder_split(cfg, "val", False, class_map)
+        train = folder_split(cfg, "train", True, class_map) if need_train else None
         class_names = list(val.classes)
-        if train is not None and train.classes != val.classes:
-            raise DataError(f"train/ and val/ under '{cfg.data_path}' have different class folders")
+        if train is not None and list(train.classes) != list(val.classes):
+            raise DataError(f"train and val of '{cfg.data_path}' have different class folders")
     if train is not None and cfg.sampling_ratio < 1.0:
         if is_iterable(train):
             raise DataError(f"sampling_ratio < 1 needs indexed data; {cfg.data} is a stream of shards")
@@ -69,6 +73,20 @@ def build_datasets(cfg, need_train: bool = True):
         train = Subset(train, class_balanced_subset(targets, cfg.sampling_ratio, cfg.seed))
         train.targets = [targets[i] for i in train.indices]
     return train, val, class_names
+
+
+def folder_split(cfg, split: str, train: bool, class_map):
+    """``split`` of an ImageFolder ``--data-path``: a folder, or packed in a tar (``split.tar``, or a .tar root)."""
+    transform = imagenet_transforms(cfg, train=train)
+    packed = tar_split(cfg.data_path, split)
+    if packed is not None:
+        return TarImageFolder(*packed, transform, class_map)
+    if class_map:
+        raise DataError(
+            f"--class-map orders the classes of tar files and timm datasets; '{cfg.data_path}' holds {split}/ "
+            "as a folder, whose classes are its sorted sub-folders: drop --class-map"
+        )
+    return image_folder(cfg.data_path, split, transform)
 
 
 def train_sampler(dataset, cfg, rank: int, world_size: int):

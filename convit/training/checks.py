@@ -35,8 +35,11 @@ def validate(cfg: Config) -> Config:
     if cfg.data == "auto":
         cfg.data = "imagefolder" if cfg.data_path else "digits"
     if cfg.class_map is not None:
-        if "/" not in cfg.data:
-            raise ConfigError(f"--class-map applies to timm datasets (hfds/, wds/, torch/), not data '{cfg.data}'")
+        if "/" not in cfg.data and cfg.data != "imagefolder":
+            raise ConfigError(
+                f"--class-map applies to timm datasets (hfds/, wds/, torch/) and ImageFolders in tar files, not data "
+                f"'{cfg.data}'"
+            )
         if not Path(cfg.class_map).is_file():
             raise ConfigError(f"--class-map '{cfg.class_map}' not found; pass a text file, one class name per line")
     if "/" in cfg.data and cfg.data.partition("/")[0].lower() in ("wds", "torch") and not cfg.data_path:

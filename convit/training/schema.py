@@ -45,11 +45,16 @@ class Config:
         "data",
     )
     data_path: str | None = key(
-        None, "ImageFolder root with train/ and val/, a transfer dataset's folder, or a timm dataset's root", "data"
+        None,
+        "ImageFolder root with train/ and val/ (folders or train.tar and val.tar) or a .tar of one, a transfer "
+        "dataset's folder, or a timm dataset's root",
+        "data",
     )
     train_split: str = key("train", "timm datasets: the training split (a webdataset split may be 'PATTERN|N')", "data")
     val_split: str = key("validation", "timm datasets: the evaluation split", "data")
-    class_map: str | None = key(None, "timm datasets: a text file of class names, one per line, in label order", "data")
+    class_map: str | None = key(
+        None, "timm datasets and tarred ImageFolders: a text file of class names, one per line, in label order", "data"
+    )
     digits_classes: list[int] | None = key(None, "digits only: keep these digits, relabelled 0..k-1 (e.g. 3,8)", "data")
     sampling_ratio: float = key(
         1.0, "keep this class-balanced fraction of the training images", "data", range=(0, 1, False, True)

@@ -1,4 +1,5 @@
-"""timm's dataset sources (hfds/, wds/, torch/), each built here from generated images, trained and evaluated."""
+"""timm's dataset sources (hfds/, wds/, torch/), each built here from generated images, trained and evaluated;
+docs/data.md's commands."""
 
 import json
 from pathlib import Path
@@ -151,15 +152,18 @@ def test_the_data_page_commands(sources, tmp_path, monkeypatch, capsys):
     (tmp_path / "data").mkdir()
     for name in ("hf", "shards", "mnist", "classes.txt"):
         (tmp_path / "data" / name).symlink_to(sources / name)
+    (tmp_path / "data" / "images").symlink_to(sources / "folder")
     monkeypatch.chdir(tmp_path)
     commands = page_commands("data.md")
-    assert len(commands) == 5
+    assert len(commands) == 8
     results = {}
     for command in commands:
         results[command] = run_command(command, tmp_path)
     hf = results["python eval.py --checkpoint out/hf/best.pth"]
     assert hf["data"] == "hfds/colors" and hf["split"] == "validation" and hf["val_images"] == 21
-    for run, n in (("hf", 21), ("wds", 21), ("mnist", 10)):
+    tar = results["python eval.py --checkpoint out/tar/best.pth"]
+    assert tar["data"] == "imagefolder" and tar["data_path"] == "data/colors.tar" and tar["val_images"] == 21
+    for run, n in (("hf", 21), ("wds", 21), ("tar", 21), ("mnist", 10)):
         (row,) = read_log(tmp_path / "out" / run)
         assert row["val_images"] == n
     # two processes read every webdataset image once: the same numbers as one process
