@@ -14,6 +14,7 @@ from PIL import Image
 from convit import ConViT, UserError
 from convit.locality import __main__ as command
 from convit.training.checkpoint import build_checkpoint, save_checkpoint
+from convit.training.config import parse_args
 
 
 def training_checkpoint(path, patch_size=4, local_up_to_layer=2, num_classes=10):
@@ -203,6 +204,8 @@ def test_the_image_folder_commands(folder, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train, measure = [c for c in page_commands("locality.md") if "--data-path data/images" in c]
     assert train.startswith("python train.py ")
+    recipe = parse_args(train.split()[2:])  # as the page says: ConViT-S on 224x224 images, a 14x14 grid
+    assert (recipe.model, recipe.img_size, recipe.model_kwargs) == ("convit_small", 224, {})
     run_command(train, tmp_path, shrink=[*SHRINK, "--img-size", "28", "--patch-size", "2", "--locality-images", "0"])
     report = run_command(measure, tmp_path, locality_shrink=["--num-images", "18"])
     assert report["grid_size"] == [14, 14] and report["images"] == [0, 17]
