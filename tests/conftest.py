@@ -93,8 +93,8 @@ def child_env() -> dict:
     return env
 
 
-def run_script(script: str, args, nproc: int = 1, check: bool = True, timeout: int = 240):
-    """Run train.py / eval.py in a real process, or under torchrun with `nproc` gloo processes."""
+def run_script(script: str, args, nproc: int = 1, check: bool = True, timeout: int = 240, cwd: Path = ROOT):
+    """Run train.py / eval.py in a real process (from ``cwd``), or under torchrun with `nproc` gloo processes."""
     if nproc == 1:
         cmd = [sys.executable, str(ROOT / script)]
     else:
@@ -107,7 +107,7 @@ def run_script(script: str, args, nproc: int = 1, check: bool = True, timeout: i
             str(ROOT / script),
         ]
     proc = subprocess.run(
-        cmd + [str(a) for a in args], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=timeout
+        cmd + [str(a) for a in args], cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -9,6 +9,7 @@ import sys
 from conftest import NO_AUG, ROOT, TINY_MODEL, child_env
 
 SHRINK = [*TINY_MODEL, *NO_AUG, "--epochs", "1", "--batch-size", "4"]
+LOCALITY_SHRINK = ["--num-images", "4"]
 
 
 def page_commands(page: str) -> list[str]:
@@ -27,8 +28,9 @@ def bash_commands(text: str) -> list[str]:
     return commands
 
 
-def run_command(command: str, cwd, shrink=SHRINK):
-    """One documented command, run from ``cwd``; returns what its ``main`` returns (or the process)."""
+def run_command(command: str, cwd, shrink=SHRINK, locality_shrink=LOCALITY_SHRINK):
+    """One documented command, run from ``cwd``; returns what its ``main`` returns (or the process).
+    ``shrink`` goes before train.py's own flags, ``locality_shrink`` after python -m convit.locality's."""
     words = shlex.split(command)
     if words[0] == "torchrun":
         script = next(i for i, w in enumerate(words) if w.endswith(".py"))
@@ -55,7 +57,7 @@ def run_command(command: str, cwd, shrink=SHRINK):
     if words[1:3] == ["-m", "convit.locality"]:
         from convit.locality.__main__ import main
 
-        return main([*words[3:], "--num-images", "4"])
+        return main([*words[3:], *locality_shrink])
     if words[1:3] == ["-m", "convit.training.history"]:
         from convit.training.history import main, parse_args
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, TINY_MODEL, make_image_folder, run_module, run_script
-from doc_commands import bash_commands
+from doc_commands import bash_commands, run_command
 from PIL import Image
 
 # every page whose commands must run: README, the docs and the experiments' write-ups
@@ -44,10 +44,12 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits") / "out" / "digits"  # the default run's out/digits, in a scratch folder
-    proc = run_script("train.py", [*DIGITS_TINY, "--epochs", "1", "--locality-images", "4", "--output-dir", out])
+    """README's `python train.py`, shrunk, run from a scratch folder: the default run's out/digits there."""
+    scratch = tmp_path_factory.mktemp("digits")
+    assert "python train.py" in readme_commands()
+    proc = run_script("train.py", [*DIGITS_TINY, "--epochs", "1", "--locality-images", "4"], cwd=scratch)
     assert proc.stdout.startswith("convit_tiny: ")
-    return out
+    return scratch / "out" / "digits"
 
 
 def convit_base(data, tmp_path, config):
@@ -105,19 +107,18 @@ def run_eval_digits(digits_run):
 
 
 def run_locality_digits(digits_run):
-    """README's two locality commands on the default run's folder, literally but for the scratch folder's place
-    (in this process: `python -m convit.locality ARGS` is `convit.locality.__main__.main(ARGS)`)."""
-    from convit.locality import __main__ as command
-
-    scratch = str(digits_run.parent.parent) + "/"
-    pages = dict.fromkeys(readme_commands())
-    commands = [c for c in pages if c.startswith("python -m convit.locality") and "out/digits/" in c]
+    """README's two locality commands as written, from the folder holding the default run's out/digits."""
+    readme = bash_commands((ROOT / "README.md").read_text())
+    commands = [c for c in readme if c.startswith("python -m convit.locality")]
     assert len(commands) == 2, commands
     for line in commands:
-        args = line.replace("out/", scratch + "out/").split()[3:]
-        command.main([*args, "--num-images", "4", "--images", "0"] if "--checkpoint" in args else args)
-    assert (digits_run.parent / "locality" / "report.md").is_file()
-    Image.open(digits_run.parent / "locality" / "nonlocality_over_epochs.png").verify()
+        run_command(line, digits_run.parent.parent)
+    out = digits_run.parent / "locality"
+    report = (out / "report.md").read_text()
+    for name in ("locality.csv", "nonlocality.png", "gates.png", "centres.png", "overlay_image0.png"):
+        assert (out / name).stat().st_size > 0 and f"({name})" in report, name
+    for name in ("nonlocality_over_epochs.png", "gates_over_epochs.png", "centres_over_epochs.png"):
+        Image.open(out / name).verify()
 
 
 def check_sbatch():
@@ -231,36 +232,40 @@ COVERED = {
     "python eval.py --checkpoint out/digits/best.pth": ("digits", None),
     "python -m convit.locality --model convit_tiny --out out/locality": (
         ELSEWHERE,
-        "tests/locality/test_command.py::test_readme_command_forms_by_name",
+        "tests/locality/test_command.py::test_the_commands_by_name",
     ),
     "python -m convit.locality --model convit_tiny --model deit_tiny_patch16_224 --out out/untrained": (
         ELSEWHERE,
-        "tests/locality/test_command.py::test_readme_command_forms_by_name",
+        "tests/locality/test_command.py::test_the_commands_by_name",
     ),
-    "python -m convit.locality --checkpoint out/best.pth --data-path /data/imagenet/val --num-images 256 "
-    "--images 0,17 --query 7,7 --query 2,11 --ablate --out out/locality": (
+    "python train.py --data-path data/images --output-dir out/images": (
         ELSEWHERE,
-        "tests/locality/test_command.py::test_readme_command_form_with_folder_images_and_queries",
+        "tests/locality/test_command.py::test_the_image_folder_commands",
+    ),
+    "python -m convit.locality --checkpoint out/images/best.pth --data-path data/images/val --num-images 256 "
+    "--images 0,17 --query 7,7 --query 2,11 --ablate --out out/images_locality": (
+        ELSEWHERE,
+        "tests/locality/test_command.py::test_the_image_folder_commands",
     ),
     "python train.py --epochs 10 --output-dir out/convit_digits": (
         ELSEWHERE,
-        "tests/locality/test_command.py::test_readme_commands",
+        "tests/locality/test_command.py::test_the_digits_twin_commands",
     ),
     "python train.py --epochs 10 --local-up-to-layer 0 --output-dir out/deit_digits": (
         ELSEWHERE,
-        "tests/locality/test_command.py::test_readme_commands",
+        "tests/locality/test_command.py::test_the_digits_twin_commands",
     ),
     "python -m convit.locality --checkpoint out/convit_digits/best.pth --checkpoint out/deit_digits/best.pth "
     "--images 2 --query 1,1 --query 2,2 --ablate --out docs/figures/locality_digits": (
         ELSEWHERE,
-        "tests/locality/test_command.py::test_readme_commands",
+        "tests/locality/test_command.py::test_the_digits_twin_commands",
     ),
     "python -m convit.locality --checkpoint out/digits/best.pth --out out/locality": ("digits", None),
     "python -m convit.locality --log out/digits/log.jsonl --out out/locality": ("digits", None),
     "mkdocs build --strict --site-dir site": (ELSEWHERE, "tests/test_docs_site.py::test_site_builds_strictly"),
     "python -m convit.locality --log out/convit_digits/log.jsonl --out docs/figures/locality_digits/over_epochs": (
         ELSEWHERE,
-        "tests/locality/test_command.py::test_readme_commands",
+        "tests/locality/test_command.py::test_the_digits_twin_commands",
     ),
     "python train.py --config finetune_in1k_384 --model convit_small --finetune pretrained --data-path /data/imagenet": (
         ELSEWHERE,
@@ -402,8 +407,9 @@ def test_slurm_example():
     check_sbatch()
 
 
-def test_digits_commands(digits_run):
+def test_digits_commands(digits_run, monkeypatch):
     run_eval_digits(digits_run)
+    monkeypatch.chdir(digits_run.parent.parent)
     run_locality_digits(digits_run)
 
 

@@ -1,16 +1,20 @@
-"""``python -m convit.locality``: side-by-side runs, timm models, overlays, report.md, bad input, README commands."""
+"""``python -m convit.locality``: side-by-side runs, timm models, overlays, report.md, bad input, and the commands
+of docs/locality.md run as written."""
 
 import csv
 import json
+import re
 
 import pytest
 import torch
-from conftest import TINY_MODEL, run_module, run_script
+from conftest import NO_AUG, ROOT, read_log, run_module
+from doc_commands import SHRINK, bash_commands, page_commands, run_command
 from PIL import Image
 
 from convit import ConViT, UserError
 from convit.locality import __main__ as command
 from convit.training.checkpoint import build_checkpoint, save_checkpoint
+from convit.training.config import parse_args
 
 
 def training_checkpoint(path, patch_size=4, local_up_to_layer=2, num_classes=10):
@@ -112,45 +116,6 @@ def test_unreadable_image_is_one_line(tmp_path):
     assert "cannot read image" in proc.stderr and "1.png" in proc.stderr
 
 
-def test_readme_commands(tmp_path):
-    """README's "Locality analysis" commands in their smallest form: train a ConViT and its DeiT twin for one
-    epoch, compare them side by side with overlays, plot a training log."""
-    tiny = TINY_MODEL + ["--epochs", "1", "--locality-images", "8"]
-    run_script("train.py", tiny + ["--output-dir", tmp_path / "convit_digits"])
-    run_script("train.py", tiny + ["--local-up-to-layer", "0", "--output-dir", tmp_path / "deit_digits"])
-    out = tmp_path / "locality_digits"
-    proc = run_module(
-        "convit.locality",
-        [
-            "--checkpoint",
-            tmp_path / "convit_digits" / "best.pth",
-            "--checkpoint",
-            tmp_path / "deit_digits" / "best.pth",
-            "--num-images",
-            "4",
-            "--images",
-            "1",
-            "--query",
-            "0,0",
-            "--query",
-            "1,1",
-            "--ablate",
-            "--out",
-            out,
-        ],
-    )
-    assert proc.returncode == 0, proc.stderr
-    for name in ("nonlocality_compare.png", "convit_digits/overlay_image0.png", "convit_digits/centres.png"):
-        Image.open(out / name).verify()
-    data = json.loads((out / "locality.json").read_text())
-    assert [m["local_up_to_layer"] for m in data["models"]] == [1, 0]
-    logged = json.loads((tmp_path / "convit_digits" / "log.jsonl").read_text().splitlines()[0])["locality"]
-    assert torch.tensor(logged["centres"]).shape == (1, 4, 2) and len(logged["sharpness"]) == 1
-    proc = run_module("convit.locality", ["--log", tmp_path / "convit_digits" / "log.jsonl", "--out", tmp_path / "log"])
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "log" / "centres_over_epochs.png").is_file()
-
-
 def write_log(path, local_up_to_layer, epochs=3):
     """A log.jsonl as train.py writes it: per epoch the losses, top-1 and a tiny ConViT's locality."""
     from convit.locality import epoch_locality
@@ -193,27 +158,95 @@ def test_several_logs_overlay_their_training_curves(tmp_path):
         command.main(["--log", str(tmp_path / "missing" / "log.jsonl"), "--out", str(tmp_path / "out3")])
 
 
-@pytest.mark.parametrize(
-    "models", [["--model", "convit_tiny"], ["--model", "convit_tiny", "--model", "deit_tiny_patch16_224"]]
-)
-def test_readme_command_forms_by_name(tmp_path, models):
-    """README's first two command forms (untrained models by name), on two digits."""
-    result = command.main(models + ["--num-images", "2", "--images", "0", "--out", str(tmp_path / "out")])
-    reports = result.get("models", [result])
-    assert [r["grid_size"] for r in reports] == [[14, 14]] * len(reports)
-    assert (tmp_path / "out" / "report.md").is_file()
+def page_lines(prefix: str) -> list[str]:
+    """docs/locality.md's commands that start with ``prefix``, in the page's order."""
+    return [c for c in page_commands("locality.md") if c.startswith(prefix)]
 
 
-def test_readme_command_form_with_folder_images_and_queries(tmp_path):
-    """README's third command form: a checkpoint on an image folder, chosen images, two queries, ablation."""
-    checkpoint = training_checkpoint(tmp_path / "best.pth", num_classes=2)
-    for label in ("cat", "dog"):
-        (tmp_path / "val" / label).mkdir(parents=True)
-        for i in range(2):
-            Image.new("RGB", (20, 24), (60 * i, 100, 200)).save(tmp_path / "val" / label / f"{i}.png")
-    argv = ["--checkpoint", str(checkpoint), "--data-path", str(tmp_path / "val"), "--num-images", "4"]
-    argv += ["--images", "0,3", "--query", "1,1", "--query", "2,3", "--ablate", "--out", str(tmp_path / "out")]
-    report = command.main(argv)
-    assert report["images"] == [0, 3] and report["queries"] == [[1, 1], [2, 3]]
-    for name in ("overlay_image0.png", "overlay_image3.png", "ablation.png", "attention_maps.png"):
-        Image.open(tmp_path / "out" / name).verify()
+def assert_reported(out, names):
+    """Each file is written (figures are readable PNGs) and placed in ``out/report.md``."""
+    report = (out / "report.md").read_text()
+    for name in names:
+        if name.endswith(".png"):
+            Image.open(out / name).verify()
+        assert (out / name).stat().st_size > 0 and f"({name})" in report, name
+
+
+def test_the_commands_by_name(tmp_path, monkeypatch):
+    """docs/locality.md's untrained models by name, as written, on one digit."""
+    monkeypatch.chdir(tmp_path)
+    one, two = page_lines("python -m convit.locality --model ")
+    result = run_command(one, tmp_path, locality_shrink=["--num-images", "1"])
+    out = tmp_path / "out" / "locality"
+    assert result["grid_size"] == [14, 14] and result["images"] == [0] and result["queries"] == [[7, 7]]
+    assert torch.tensor(result["nonlocality"]).shape == (12, 4) and torch.tensor(result["gates"]).shape == (10, 4)
+    assert torch.tensor(result["sharpness"]) == pytest.approx(torch.ones(10, 4))  # local init, strength 1
+    rows = list(csv.DictReader(open(out / "locality.csv")))
+    assert len(rows) == 12 * 4 and rows[0]["gate"] != "" and rows[-1]["gate"] == ""
+    assert json.loads((out / "locality.json").read_text())["nonlocality"] == result["nonlocality"]
+    maps = ["nonlocality.png", "gates.png", "nonlocality_parts.png", "centres.png", "attention_maps.png"]
+    assert_reported(out, [*maps, "overlay_image0.png", "locality.csv", "locality.json"])
+    result = run_command(two, tmp_path, locality_shrink=["--num-images", "1", "--images", "0"])  # overlays: above
+    out = tmp_path / "out" / "untrained"
+    assert [r["label"] for r in result["models"]] == ["convit_tiny", "deit_tiny_patch16_224"]
+    assert [r["grid_size"] for r in result["models"]] == [[14, 14]] * 2 and result["notes"] == []
+    rows = list(csv.DictReader(open(out / "locality.csv")))
+    assert [r["model"] for r in rows] == ["convit_tiny"] * 48 + ["deit_tiny_patch16_224"] * 36
+    assert_reported(out, ["nonlocality_compare.png", "convit_tiny/gates.png", "deit_tiny_patch16_224/nonlocality.png"])
+    assert not (out / "deit_tiny_patch16_224" / "gates.png").exists()  # no GPSA, no gates
+
+
+def test_the_image_folder_commands(folder, tmp_path, monkeypatch):
+    """docs/locality.md's training on an image folder then measuring its checkpoint, as written (a 14x14 grid of
+    2-pixel patches, one epoch; 18 of the 21 validation images, enough for image 17)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "images").symlink_to(folder)
+    monkeypatch.chdir(tmp_path)
+    train, measure = [c for c in page_commands("locality.md") if "--data-path data/images" in c]
+    assert train.startswith("python train.py ")
+    recipe = parse_args(train.split()[2:])  # as the page says: ConViT-S on 224x224 images, a 14x14 grid
+    assert (recipe.model, recipe.img_size, recipe.model_kwargs) == ("convit_small", 224, {})
+    run_command(train, tmp_path, shrink=[*SHRINK, "--img-size", "28", "--patch-size", "2", "--locality-images", "0"])
+    report = run_command(measure, tmp_path, locality_shrink=["--num-images", "18"])
+    assert report["grid_size"] == [14, 14] and report["images"] == [0, 17]
+    assert report["queries"] == [[7, 7], [2, 11]] and report["data"] == "data/images/val"
+    assert torch.tensor(report["ablation"]["drop"]).shape == (2, 4) and 0 <= report["ablation"]["top1"] <= 1
+    out = tmp_path / "out" / "images_locality"
+    names = ["overlay_image0.png", "overlay_image17.png", "ablation.png", "attention_maps.png", "centres.png"]
+    assert_reported(out, names)
+    assert sorted(p.name for p in out.glob("overlay_image*.png")) == names[:2]
+    rows = list(csv.DictReader(open(out / "locality.csv")))
+    assert len(rows) == 2 * 4 and all(r["ablation_drop"] != "" for r in rows)
+
+
+# train.py's digits recipe at one epoch of 10, on 5 % of the training digits, 2 blocks
+DIGITS_SHRINK = [*NO_AUG, "--depth", "2", "--local-up-to-layer", "1", "--embed-dim", "32", "--num-workers", "0"]
+DIGITS_SHRINK += ["--progress", "false", "--locality-images", "4", "--stop-after", "1", "--sampling-ratio", "0.05"]
+
+
+def test_the_digits_twin_commands(tmp_path, monkeypatch):
+    """docs/locality.md's digits ConViT and its DeiT twin, as written: train both, compare them side by side,
+    plot the ConViT's log; every figure the page shows is written where the page links it."""
+    monkeypatch.chdir(tmp_path)
+    section = (ROOT / "docs" / "locality.md").read_text().split("## A digits ConViT beside its DeiT twin")[1]
+    commands = bash_commands(section)
+    assert len(commands) == 4
+    for line in commands:
+        run_command(line, tmp_path, shrink=DIGITS_SHRINK)
+    for run in ("convit_digits", "deit_digits"):
+        assert len(read_log(tmp_path / "out" / run)) == 1  # --stop-after 1 of the 10 epochs
+    out = tmp_path / "docs" / "figures" / "locality_digits"
+    data = json.loads((out / "locality.json").read_text())
+    assert [m["label"] for m in data["models"]] == ["convit_digits", "deit_digits"]
+    assert [m["local_up_to_layer"] for m in data["models"]] == [1, 0]
+    assert [m["images"] for m in data["models"]] == [[0, 1]] * 2
+    assert [m["queries"] for m in data["models"]] == [[[1, 1], [2, 2]]] * 2
+    logged = json.loads((tmp_path / "out" / "convit_digits" / "log.jsonl").read_text().splitlines()[0])["locality"]
+    assert torch.tensor(logged["centres"]).shape == (1, 4, 2) and len(logged["sharpness"]) == 1
+    shown = re.findall(r"\(figures/locality_digits/([^)]+)\)", section)
+    assert len(shown) == 7 and "report.md" in shown
+    for name in shown:  # the page's figures and report, as the commands write them
+        assert (out / name).stat().st_size > 0, name
+        if name.endswith(".png"):
+            Image.open(out / name).verify()
+    assert_reported(out, [n for n in shown if n != "report.md" and not n.startswith("over_epochs/")])
