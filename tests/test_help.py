@@ -56,7 +56,7 @@ def entry_points():
     for name in ("ablations", "data_efficiency", "from_vit", "cluttered"):
         yield f"experiments.{name}.run", importlib.import_module(f"experiments.{name}.run").parse_args
     yield "experiments.transfer.run", importlib.import_module("experiments.transfer.run").main
-    for path in ("benchmarks/bench_epoch.py", "benchmarks/bench_gpsa_layout.py", "benchmarks/bench_models.py"):
+    for path in sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("bench_*.py")):
         yield path, script(path).main
 
 

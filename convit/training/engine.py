@@ -325,9 +325,7 @@ def _check_finite(first_bad: torch.Tensor, step_losses: list, epoch: int, n_step
     step = int(first_bad.item())
     if step >= 0:
         value = float(step_losses[step])
-        raise TrainingDiverged(
-            f"training loss is {value} at step {step + 1}/{n_steps} of epoch {epoch}; {RESUME_HINT}"
-        )
+        raise TrainingDiverged(f"training loss is {value} at step {step + 1}/{n_steps} of epoch {epoch}; {RESUME_HINT}")
 
 
 def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
