@@ -328,6 +328,14 @@ COVERED = {
         ELSEWHERE,
         "tests/test_bench.py::test_digits_task_writes_our_split_as_pngs",
     ),
+    "python benchmarks/bench_extras.py --threads 1 --rounds 3": (
+        ELSEWHERE,
+        "tests/test_bench.py::test_extras_benchmark_measures_every_extra",
+    ),
+    "python benchmarks/bench_extras.py --threads 2 --rounds 3": (
+        ELSEWHERE,
+        "tests/test_bench.py::test_extras_benchmark_measures_every_extra",
+    ),
     "python benchmarks/bench_epoch.py --baseline ours --repeats 3": (
         ELSEWHERE,
         "tests/test_bench.py::test_epoch_benchmark_runs_its_smallest_form",
