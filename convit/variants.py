@@ -133,6 +133,10 @@ with _replacing_timm_entries():
         return _create("convit_base_plus", pretrained, **kwargs)
 
 
+# what timm's model builder takes beside the model class's own arguments
+BUILDER_ARGUMENTS = {"features_only", "out_indices", "pretrained_cfg_overlay"}
+
+
 def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs) -> torch.nn.Module:
     """``timm.create_model`` for one of the six variants or any other timm model; an unknown name or argument is
     a UserError (the arguments of a timm model are those of the class it builds: ``convit.timm_models``)."""
@@ -145,15 +149,14 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs
         if problem:
             raise UserError(problem)
         accepted = constructor_arguments(name)
-        builder = {"features_only", "out_indices", "pretrained_cfg_overlay"}
-        unknown = sorted(set(kwargs) - set(accepted) - builder) if accepted is not None else []
+        unknown = sorted(set(kwargs) - set(accepted) - BUILDER_ARGUMENTS) if accepted is not None else []
         if unknown:
             raise UserError(f"{name} takes no argument {unknown[0]!r}; its arguments: {', '.join(sorted(accepted))}")
         try:
             return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
         except (TypeError, ValueError, AssertionError) as e:  # the constructor's own checks: one line
             raise UserError(f"{name} cannot be built with {kwargs}: {first_line(e)}") from None
-    known = set(inspect.signature(ConViT).parameters) | {"features_only", "out_indices", "pretrained_cfg_overlay"}
+    known = set(inspect.signature(ConViT).parameters) | BUILDER_ARGUMENTS
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise UserError(
