@@ -14,6 +14,7 @@ from .distances import authors_maps, distance_report, plot_distance_scatter
 from .errors import LocalityError
 from .interventions import forced_gates, gate_interventions, plot_interventions
 from .measures import (
+    AttentionRecorder,
     Capture,
     attention_maps,
     attention_rollout,
@@ -35,10 +36,12 @@ from .plots import (
     plot_nonlocality_parts,
     plot_overlays,
 )
-from .report import epoch_locality, locality_report
+from .report import EpochLocality, epoch_locality, locality_report
 
 __all__ = [
+    "AttentionRecorder",
     "Capture",
+    "EpochLocality",
     "LocalityError",
     "attention_maps",
     "authors_maps",

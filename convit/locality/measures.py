@@ -94,6 +94,79 @@ class Capture(NamedTuple):
     positional: dict[int, torch.Tensor]
 
 
+class AttentionRecorder:
+    """Captures every block's attention (and, with ``parts``, GPSA's content and positional parts) while the
+    model runs on batches handed to ``forward``: the model's own forward pass, so its outputs are the
+    model's. ``result()`` is the ``Capture`` over all the images seen so far.
+
+        recorder = AttentionRecorder(model, images.shape[-2:])
+        logits = recorder.forward(images)        # as many batches as wanted
+        captured = recorder.result()
+    """
+
+    def __init__(self, model: nn.Module, image_size: Sequence[int], per_image: bool = False, parts: bool = True):
+        self.resolved = resolve_model(model)
+        self.grid_size = patch_grid(self.resolved.model, image_size)
+        self.per_image, self.parts = per_image, parts
+        self.num_images = 0
+        self._store: dict[tuple[str, int], list[torch.Tensor]] = {}
+
+    def _keep(self, kind: str, index: int, value: torch.Tensor) -> None:
+        value = value.float()
+        if self.per_image:
+            self._store.setdefault((kind, index), []).append(value.cpu())
+        else:
+            total = value.sum(dim=0).cpu()
+            previous = self._store.get((kind, index))
+            self._store[(kind, index)] = [total if previous is None else previous[0] + total]
+
+    def _observer(self, index: int):
+        num_patches = self.grid_size[0] * self.grid_size[1]
+
+        def seen(probs: torch.Tensor, content: torch.Tensor | None, positional: torch.Tensor | None) -> None:
+            self._keep("maps", index, _patches_only(probs, num_patches))
+            if self.parts and content is not None:
+                self._keep("content", index, content)
+                self._store[("positional", index)] = [positional.float().cpu()]
+
+        return seen
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``images`` (moved to its device and dtype), in eval mode without gradients,
+        with every block's attention recorded."""
+        core, adapter = self.resolved.model, self.resolved.adapter
+        device, dtype = model_device_dtype(core)
+        undo = []
+        with analysis_mode(core):
+            try:
+                for index, attn in enumerate(self.resolved.attention):
+                    undo.append(adapter.observe(attn, self.grid_size, self.parts, self._observer(index)))
+                output = core(images.to(device=device, dtype=dtype))
+            finally:
+                for restore in undo:
+                    restore()
+        self.num_images += images.shape[0]
+        return output
+
+    def result(self) -> Capture:
+        """Every block's attention over the images seen (averaged over them, or per image with ``per_image``)."""
+        if not self.num_images:
+            raise LocalityError("no images were recorded: run the recorder's forward on a batch first")
+
+        def gather(kind: str, index: int) -> torch.Tensor:
+            parts = self._store[(kind, index)]
+            return torch.cat(parts) if self.per_image else parts[0] / self.num_images
+
+        blocks = range(len(self.resolved.attention))
+        gpsa = self.resolved.gpsa() if self.parts else []
+        return Capture(
+            [gather("maps", i) for i in blocks],
+            self.grid_size,
+            {i: gather("content", i) for i in gpsa},
+            {i: self._store[("positional", i)][0] for i in gpsa},
+        )
+
+
 def capture(
     model: nn.Module,
     images: torch.Tensor,
@@ -106,54 +179,10 @@ def capture(
     positional parts) as each attention module runs."""
     if images.dim() != 4 or images.shape[0] == 0:
         raise LocalityError(f"images must be a non-empty batch shaped (B, C, H, W), got shape {list(images.shape)}")
-    resolved = resolve_model(model)
-    core, adapter = resolved.model, resolved.adapter
-    grid_size = patch_grid(core, images.shape)
-    num_patches = grid_size[0] * grid_size[1]
-    device, dtype = model_device_dtype(core)
-    store: dict[tuple[str, int], list[torch.Tensor]] = {}
-
-    def keep(kind: str, index: int, value: torch.Tensor) -> None:
-        value = value.float()
-        if per_image:
-            store.setdefault((kind, index), []).append(value.cpu())
-        else:
-            total = value.sum(dim=0).cpu()
-            previous = store.get((kind, index))
-            store[(kind, index)] = [total if previous is None else previous[0] + total]
-
-    def make_observer(index: int):
-        def seen(probs: torch.Tensor, content: torch.Tensor | None, positional: torch.Tensor | None) -> None:
-            keep("maps", index, _patches_only(probs, num_patches))
-            if parts and content is not None:
-                keep("content", index, content)
-                store[("positional", index)] = [positional.float().cpu()]
-
-        return seen
-
-    undo = []
-    with analysis_mode(core):
-        try:
-            for index, attn in enumerate(resolved.attention):
-                undo.append(adapter.observe(attn, grid_size, parts, make_observer(index)))
-            for chunk in _chunks(images, batch_size, progress, "attention maps"):
-                core(chunk.to(device=device, dtype=dtype))
-        finally:
-            for restore in undo:
-                restore()
-
-    def gather(kind: str, index: int) -> torch.Tensor:
-        parts = store[(kind, index)]
-        return torch.cat(parts) if per_image else parts[0] / images.shape[0]
-
-    blocks = range(len(resolved.attention))
-    gpsa = resolved.gpsa() if parts else []
-    return Capture(
-        [gather("maps", i) for i in blocks],
-        grid_size,
-        {i: gather("content", i) for i in gpsa},
-        {i: store[("positional", i)][0] for i in gpsa},
-    )
+    recorder = AttentionRecorder(model, images.shape, per_image, parts)
+    for chunk in _chunks(images, batch_size, progress, "attention maps"):
+        recorder.forward(chunk)
+    return recorder.result()
 
 
 def _attention_maps(

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from .adapters import resolve_model
+from .errors import LocalityError
 from .measures import (
+    AttentionRecorder,
     Capture,
     capture,
     gates,
@@ -72,10 +74,47 @@ def locality_report(model: nn.Module, images: torch.Tensor, batch_size: int = 32
     return build_report(model, capture(model, images, batch_size, progress), images.shape[0])
 
 
+EPOCH_KEYS = ("nonlocality", "gates", "nonlocality_content", "nonlocality_positional", "centres", "sharpness")
+
+
 def epoch_locality(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> dict[str, list]:
     """What a training loop logs each epoch under ``locality``: non-locality (blocks x heads), ``gates``,
     ``nonlocality_content``/``nonlocality_positional``, ``sharpness`` (GPSA-blocks x heads) and
     ``centres`` (GPSA-blocks x heads x (dx, dy), None where a head has no peak)."""
     report = locality_report(model, images, batch_size)
-    keys = ("nonlocality", "gates", "nonlocality_content", "nonlocality_positional", "centres", "sharpness")
-    return {key: report[key] for key in keys}
+    return {key: report[key] for key in EPOCH_KEYS}
+
+
+class EpochLocality:
+    """``epoch_locality`` on the first ``count`` images of a validation pass, taken from that pass's own
+    forward: the evaluation hands those images to ``forward`` (the model in float32, attention recorded)
+    and the rest to its usual forward, so the measures cost no second pass over them.
+
+        locality = EpochLocality(model, 64)
+        ...  # the validation pass: locality.forward(images[: locality.wanted]) for its first images
+        row["locality"] = locality.entry()  # and the next pass starts afresh
+    """
+
+    def __init__(self, model: nn.Module, count: int):
+        self.model, self.count = model, count
+        self._recorder: AttentionRecorder | None = None
+
+    @property
+    def wanted(self) -> int:
+        """How many more images this pass measures."""
+        return self.count - (self._recorder.num_images if self._recorder is not None else 0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``images`` with their attention recorded (float32, no autocast)."""
+        if self._recorder is None:
+            self._recorder = AttentionRecorder(self.model, images.shape)
+        with torch.autocast(images.device.type, enabled=False):
+            return self._recorder.forward(images)
+
+    def entry(self) -> dict[str, list]:
+        """The epoch's ``locality`` entry over the images recorded since the last entry; starts the next."""
+        if self._recorder is None:
+            raise LocalityError("the validation pass recorded no images for the locality measures")
+        recorder, self._recorder = self._recorder, None
+        report = build_report(self.model, recorder.result(), recorder.num_images)
+        return {key: report[key] for key in EPOCH_KEYS}

@@ -338,9 +338,11 @@ def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp_dtype=None, num_classes: int | None = None) -> dict:
+def evaluate(model, loader, device, amp_dtype=None, num_classes: int | None = None, locality=None) -> dict:
     """Top-1/top-5 accuracy (%) and mean loss, summed exactly over every rank's shard; with ``num_classes``, also
-    the confusion matrix (``"confusion"``: rows true class, columns top-1 prediction, int64).
+    the confusion matrix (``"confusion"``: rows true class, columns top-1 prediction, int64). With ``locality``
+    (a ``convit.locality.EpochLocality``), its first images go through ``locality.forward``, which records
+    their attention: the measures ride on this pass.
 
     Pass the bare model (not the DDP wrapper): ranks may hold different numbers of batches.
     """
@@ -353,9 +355,12 @@ def evaluate(model, loader, device, amp_dtype=None, num_classes: int | None = No
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        logits = logits.float()
+        head = min(locality.wanted, len(images)) if locality is not None else 0
+        outputs = [locality.forward(images[:head]).float()] if head else []
+        if head < len(images):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outputs.append(model(images[head:]).float())
+        logits = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == targets[:, None]
         sums += torch.stack(

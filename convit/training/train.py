@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from convit.data import build_loaders, first_images, input_channels, set_epoch
 from convit.errors import run_entry_point
-from convit.locality import LocalityError, epoch_locality, patch_grid
+from convit.locality import EpochLocality, LocalityError, patch_grid
 from convit.training.checkpoint import (
     best_weights,
     build_checkpoint,
@@ -243,15 +243,14 @@ def main(argv=None) -> None:
             flush=True,
         )
 
-    # a fixed batch of validation images on which rank 0 logs the locality measures every epoch
-    locality_images = None
+    # rank 0 logs the locality measures of its first validation images, taken from the validation pass itself
+    locality = None
     if dist.is_main and cfg.locality_images > 0:
-        locality_images = torch.stack([x for x, _ in first_images(loaders.val.dataset, cfg.locality_images)]).to(device)
         try:
-            patch_grid(model, locality_images.shape[-2:])  # a model family the measures read
+            patch_grid(model, first_images(loaders.val.dataset, 1)[0][0].shape[-2:])  # a family the measures read
+            locality = EpochLocality(model, cfg.locality_images)
         except LocalityError as e:
             print(f"note: no locality measures in the log: {e}", flush=True)
-            locality_images = None
 
     stop = StopRequest(cfg.stop_signals).install()
     try:
@@ -286,7 +285,7 @@ def main(argv=None) -> None:
                 raise Preempted(train_stats["stopped"], epoch, train_stats["stopped_at"])
             num_updates = train_stats["num_updates"]
             check_weights(model, ema, epoch)
-            val_stats = evaluate(model, loaders.val, device, amp_dtype)
+            val_stats = evaluate(model, loaders.val, device, amp_dtype, locality=locality)
             if not math.isfinite(val_stats["val_loss"]):
                 raise TrainingDiverged(
                     f"validation loss is {val_stats['val_loss']} after epoch {epoch}: the model's outputs are "
@@ -299,8 +298,8 @@ def main(argv=None) -> None:
                 **{k: v for k, v in train_stats.items() if k.startswith("train_loss_")},
                 **{k: val_stats[k] for k in ("val_loss", "val_acc1", "val_acc5", "val_images")},
             }
-            if locality_images is not None:
-                row["locality"] = epoch_locality(model, locality_images)
+            if locality is not None:
+                row["locality"] = locality.entry()
             if ema is not None and ema_evaluated(epoch, epochs, cfg.model_ema_eval_interval):
                 ema_stats = evaluate(ema.module, loaders.val, device, amp_dtype)
                 row.update(val_acc1_ema=ema_stats["val_acc1"], val_acc5_ema=ema_stats["val_acc5"])

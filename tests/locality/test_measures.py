@@ -126,6 +126,38 @@ def test_capture_computes_each_attention_once():
     assert sorted(captured.content) == [0, 1] and all(b.attn.attention_observer is None for b in model.blocks)
 
 
+def assert_same_entry(got: dict, expected: dict) -> None:
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        a, b = torch.tensor(got[key], dtype=torch.float64), torch.tensor(value, dtype=torch.float64)
+        assert torch.allclose(a, b, atol=1e-5, equal_nan=True), key
+
+
+def test_epoch_locality_from_a_pass_equals_the_measures_on_its_images():
+    """EpochLocality records the images of a pass (here three batches, the last one cut) as its forward runs:
+    the model's own outputs, and the same entry as epoch_locality on those images; each entry starts afresh."""
+    torch.manual_seed(0)
+    model = tiny(locality_strength=1.0)
+    x = images(model, 7)
+    model.eval()
+    with torch.no_grad():
+        expected_logits = model(x)
+    locality = L.EpochLocality(model, 5)
+    for _ in range(2):  # two epochs
+        outputs = []
+        for batch in x.split(3):
+            head = min(locality.wanted, len(batch))
+            if head:
+                outputs.append(locality.forward(batch[:head]))
+        assert locality.wanted == 0
+        assert torch.allclose(torch.cat(outputs), expected_logits[:5], atol=1e-5)
+        assert_same_entry(locality.entry(), L.epoch_locality(model, x[:5]))
+        assert locality.wanted == 5
+    assert all(b.attn.fused_attn and b.attn.attention_observer is None for b in model.blocks)
+    with pytest.raises(LocalityError, match="recorded no images"):
+        locality.entry()
+
+
 def test_capture_restores_the_layers_when_the_forward_fails():
     model = tiny()
     with pytest.raises(ValueError, match="differs from the model"):

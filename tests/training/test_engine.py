@@ -49,6 +49,28 @@ def test_evaluate_counts_exactly():
     assert stats["val_loss"] == pytest.approx(expected)
 
 
+def test_evaluate_takes_the_locality_measures_from_its_own_pass():
+    """With an EpochLocality, the first images' attention is recorded from the validation forward itself: the
+    same statistics as without it, and the entry epoch_locality gives on those images."""
+    from convit.locality import EpochLocality, epoch_locality
+
+    torch.manual_seed(0)
+    model = create_model(
+        "convit_tiny", 3, img_size=16, patch_size=4, embed_dim=32, num_heads=4, depth=2, local_up_to_layer=1
+    )
+    x, y = torch.randn(10, 3, 16, 16), torch.randint(0, 3, (10,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    locality = EpochLocality(model, 6)  # one whole batch and half of the next
+    plain = evaluate(model, loader, torch.device("cpu"), num_classes=3)
+    measured = evaluate(model, loader, torch.device("cpu"), num_classes=3, locality=locality)
+    assert torch.equal(plain.pop("confusion"), measured.pop("confusion"))
+    assert measured == pytest.approx(plain, rel=1e-5)
+    entry, expected = locality.entry(), epoch_locality(model, x[:6])
+    for key, value in expected.items():
+        got, want = torch.tensor(entry[key], dtype=torch.float64), torch.tensor(value, dtype=torch.float64)
+        assert torch.allclose(got, want, atol=1e-5, equal_nan=True), key
+
+
 def test_train_one_epoch_learns_and_follows_the_schedule():
     torch.manual_seed(0)
     x = torch.randn(64, 8)
